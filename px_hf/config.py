@@ -1,0 +1,134 @@
+"""`PXConfig`: every choice a pruning run makes, validated when the config is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+SCORERS = ("px", "random", "magnitude", "snip", "grasp", "synflow")
+# Scorers whose published form prunes in many small rounds; the others are one-shot by definition.
+ITERATIVE_SCORERS = ("px", "synflow")
+DEFAULT_ITERATIVE_ROUNDS = 100
+
+_CHOICES = {
+    "scorer": SCORERS,
+    "schedule": ("exponential", "linear"),
+    "scope": ("global", "layer"),
+    "px_norm": ("gated", "running"),
+    "px_activation": ("gated", "binary"),
+    "px_bias": ("zero", "path"),
+    "qk_scores": ("value", "px"),
+    "sanity_check": (None, "shuffle", "reinit"),
+}
+
+
+@dataclass
+class PXConfig:
+    """Configuration of a pruning run.
+
+    Args:
+        sparsity: fraction of the prunable weights to remove, in [0, 1). Density is ``1 - sparsity``.
+        scorer: ``"px"`` or a baseline: ``"random"``, ``"magnitude"``, ``"snip"``, ``"grasp"``, ``"synflow"``.
+        rounds: number of pruning rounds. ``None`` means the scorer's published setting: 100 for the
+            iterative scorers (PX, SynFlow), 1 for the one-shot ones.
+        schedule: how the density falls over the rounds: ``"exponential"`` (round r keeps
+            ``density ** ((r + 1) / rounds)``, as published) or ``"linear"``.
+        scope: ``"global"`` (one threshold over all layers) or ``"layer"`` (every layer keeps the same fraction).
+        examples_per_class: size of the class-balanced pruning set per class; ``None`` uses every example given.
+        seed: seeds the choice of the pruning set, random scores, tie breaks and the sanity checks.
+        batch_size: examples per forward pass while scoring.
+        include: regular expressions; when given, only weights whose parameter name matches one of them are pruned.
+        exclude: regular expressions; weights whose parameter name matches one of them are never pruned.
+        px_norm: ``"gated"`` treats each normalization as a data-dependent gain measured on the real pass
+            (batch statistics for BatchNorm, per-sample for LayerNorm); ``"running"`` uses BatchNorm's running
+            statistics instead (eval mode, as in the published recipe).
+        px_activation: ``"gated"`` multiplies by ``phi(z) / z`` recorded on the real pass (Phi(z) for GELU);
+            ``"binary"`` uses the ReLU-style pattern ``1[z > 0]`` for every activation.
+        px_bias: ``"zero"`` drops biases and additive embeddings in the PX passes (exact path bound, default);
+            ``"path"`` treats a bias as a weight on a constant unit (1 in the data pass, ``b**2`` in the path pass).
+        qk_scores: ``"value"`` gives each attention block's query and key weights the density PX gives its value
+            weights, keeping the largest-magnitude entries; ``"px"`` uses their raw PX scores (which are 0).
+        px_rescale_blocks: divide each residual block's output by a detached scalar in the PX passes, which
+            keeps deep models finite in float32 and changes the scores only by one common positive factor.
+        sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
+            ``"reinit"`` re-initializes the weights after pruning and keeps the mask.
+    """
+
+    sparsity: float = 0.98
+    scorer: str = "px"
+    rounds: Optional[int] = None
+    schedule: str = "exponential"
+    scope: str = "global"
+    examples_per_class: Optional[int] = 10
+    seed: int = 0
+    batch_size: int = 32
+    include: Optional[list[str]] = None
+    exclude: Optional[list[str]] = None
+    px_norm: str = "gated"
+    px_activation: str = "gated"
+    px_bias: str = "zero"
+    qk_scores: str = "value"
+    px_rescale_blocks: bool = True
+    sanity_check: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ConfigError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise ConfigError(
+                f"sparsity must be in [0, 1) (the fraction of weights removed), got {self.sparsity}; "
+                "for 98% sparsity pass 0.98"
+            )
+        self.sparsity = float(self.sparsity)
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                shown = ", ".join(repr(a) for a in allowed)
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {shown}")
+        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)
+                                        or self.rounds < 1):
+            raise ConfigError(f"rounds must be an integer >= 1 (or None for the scorer's default), got {self.rounds!r}")
+        if self.examples_per_class is not None and (
+            not isinstance(self.examples_per_class, int) or self.examples_per_class < 1
+        ):
+            raise ConfigError(
+                f"examples_per_class must be a positive integer or None (use all data), got {self.examples_per_class!r}"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+            elif value is not None and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of regular expressions, got {value!r}")
+
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept."""
+        return 1.0 - self.sparsity
+
+    @property
+    def num_rounds(self) -> int:
+        """Rounds actually run: ``rounds`` or the scorer's published default."""
+        if self.rounds is not None:
+            return self.rounds
+        return DEFAULT_ITERATIVE_ROUNDS if self.scorer in ITERATIVE_SCORERS else 1
+
+    @classmethod
+    def published(cls, **overrides: Any) -> "PXConfig":
+        """The recipe of Iurada et al. (CVPR 2024) for ReLU CNNs: 100 exponential rounds, one global threshold,
+        10 examples per class, eval-mode BatchNorm and binary ReLU gates in the PX passes."""
+        settings = dict(
+            scorer="px", rounds=100, schedule="exponential", scope="global", examples_per_class=10,
+            px_norm="running", px_activation="binary", px_bias="zero", qk_scores="px",
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-serializable values."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,43 @@
+"""Calling a model the same way whatever it is: a transformers model or a plain torch module."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+def _main_input_name(model: nn.Module) -> Optional[str]:
+    # transformers models take their image as a keyword (pixel_values); plain modules take it positionally.
+    return getattr(model, "main_input_name", None)
+
+
+def output_tensor(output) -> torch.Tensor:
+    """The logits (or the only tensor) of a model's output: ModelOutput, tuple or tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        output = tuple(output.values())
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find an output tensor in a {type(output).__name__}")
+
+
+def forward(
+    model: nn.Module, inputs: torch.Tensor, parameters: Optional[Mapping[str, torch.Tensor]] = None
+) -> torch.Tensor:
+    """Run ``model`` on ``inputs`` and return its output tensor.
+
+    ``parameters`` temporarily replaces the named parameters (``torch.func.functional_call``), which is how the
+    PX passes run on transformed weights without copying the model.
+    """
+    name = _main_input_name(model)
+    args, kwargs = ((), {name: inputs}) if name else ((inputs,), {})
+    if parameters is None:
+        return output_tensor(model(*args, **kwargs))
+    return output_tensor(functional_call(model, dict(parameters), args, kwargs))

@@ -1,0 +1,324 @@
+"""Run one model in PX's linearized passes through forward hooks: no copies, no patched torch functions.
+
+Modes (see DESIGN.md §3):
+
+- ``real``: the model as it is, on real data. Each activation's gate ``phi(z) / z``, each normalization's inverse
+  standard deviation, each attention probability matrix and each max-pool choice are recorded.
+- ``data``: the recorded gates replace every non-linearity, so the network becomes linear in its input
+  (``z1`` of the paper: unit weights, squared input).
+- ``path``: activations are the identity, attention is uniform, norms are the fixed gain
+  ``gamma**2 * E[rstd**2]`` (``z2``: squared weights, all-ones input).
+- ``synflow``: as ``path`` with norms reduced to ``|gamma|``, for SynFlow's data-free pass.
+
+In the three linear modes every residual block's output can be divided by a detached scalar; all passes are then
+positively homogeneous, so this only rescales the result by ``exp(log_scale)`` and keeps float32 finite.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_utils import AttentionInterface
+
+from .structure import Role, is_activation, is_max_pool, is_norm, residual_blocks, uses_attention_interface
+
+ATTENTION_IMPLEMENTATION = "px_hf"
+_ACTIVE: list["LinearizedPasses"] = []
+
+
+def _px_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention function registered with transformers; defers to the active :class:`LinearizedPasses`."""
+    return _ACTIVE[-1].attention(module, query, key, value, attention_mask, scaling)
+
+
+AttentionInterface.register(ATTENTION_IMPLEMENTATION, _px_attention)
+AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, eager_mask)
+
+
+def _channel_view(module: nn.Module, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Shape a per-channel tensor of ``module`` to broadcast against its input."""
+    channels_last = isinstance(module, nn.LayerNorm) and getattr(module, "data_format", "") != "channels_first"
+    return t if channels_last else t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+class LinearizedPasses:
+    """Hooks that switch a model between its real forward and PX's linearized passes.
+
+    Use as a context manager around the passes; inside, ``with passes.run(mode): forward(...)``.
+
+    Args:
+        model: the module to instrument.
+        norm: ``"gated"`` (BatchNorm on batch statistics in the real pass) or ``"running"`` (running statistics).
+        activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
+        rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
+    """
+
+    def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True):
+        self.model = model
+        self.norm = norm
+        self.activation = activation
+        self.modules = [m for m in model.modules() if is_activation(m) or is_norm(m) or is_max_pool(m)]
+        self.attentions = [m for m in model.modules() if uses_attention_interface(m)]
+        self.blocks = residual_blocks(model) if rescale_blocks else []
+        self.mode = "off"
+        self.record = True
+        self.log_scale = 0.0
+        self._records: dict[nn.Module, list] = {}
+        self._cursor: dict[nn.Module, int] = {}
+        self._inputs: dict[nn.Module, torch.Tensor] = {}
+        self._norm_sum: dict[nn.Module, torch.Tensor] = {}
+        self._norm_count: dict[nn.Module, torch.Tensor] = {}
+        self._slope0: dict[nn.Module, float] = {}
+        self._handles: list = []
+        self._restore: list = []
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "LinearizedPasses":
+        training = {m: m.training for m in self.model.modules()}
+        self._restore.append(lambda: [m.train(flag) for m, flag in training.items()])
+        self.model.eval()
+        for m in self.modules:
+            if is_activation(m):
+                probe = torch.tensor([1e-3, -1e-3])
+                with torch.no_grad():
+                    out = m(probe)
+                self._slope0[m] = float((out[0] - out[1]) / 2e-3)
+            self._handles.append(m.register_forward_pre_hook(self._save_input))
+            self._handles.append(m.register_forward_hook(self._module_hook))
+        for block in self.blocks:
+            self._handles.append(block.register_forward_hook(self._block_hook))
+        configs = {id(m.config): m.config for m in self.attentions}
+        for config in configs.values():
+            previous = config._attn_implementation
+            self._restore.append(lambda c=config, p=previous: setattr(c, "_attn_implementation", p))
+            config._attn_implementation = ATTENTION_IMPLEMENTATION
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
+        for handle in self._handles:
+            handle.remove()
+        for restore in reversed(self._restore):
+            restore()
+        self._handles, self._restore = [], []
+        self.clear_records()
+
+    @contextmanager
+    def run(self, mode: str, record: bool = True) -> Iterator["LinearizedPasses"]:
+        """Run the forward passes inside the block in ``mode`` (``real``, ``data``, ``path`` or ``synflow``)."""
+        self.mode, self.record, self.log_scale = mode, record, 0.0
+        self._cursor = {}
+        try:
+            yield self
+        finally:
+            self.mode = "off"
+            self._inputs.clear()
+
+    def clear_records(self) -> None:
+        """Forget what the real pass recorded (call after the matching data pass)."""
+        self._records.clear()
+
+    # ------------------------------------------------------------------------------------ norm statistics
+    def reset_statistics(self) -> None:
+        self._norm_sum.clear()
+        self._norm_count.clear()
+
+    def statistics(self) -> list[torch.Tensor]:
+        """Per-norm sums of ``rstd**2`` and their counts, in a fixed order (for all-reducing across processes)."""
+        norms = [m for m in self.modules if is_norm(m) and m in self._norm_sum]
+        return [self._norm_sum[m] for m in norms] + [self._norm_count[m] for m in norms]
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _take(self, module: nn.Module):
+        """The next record of ``module`` from the real pass (a module may run more than once per forward)."""
+        index = self._cursor.get(module, 0)
+        self._cursor[module] = index + 1
+        try:
+            return self._records[module][index]
+        except (KeyError, IndexError):
+            raise RuntimeError(
+                f"the data pass reached {type(module).__name__} more often than the real pass did; "
+                "run a real pass on the same inputs first"
+            ) from None
+
+    def _keep(self, module: nn.Module, value) -> None:
+        if self.record:
+            self._records.setdefault(module, []).append(value)
+
+    def _save_input(self, module: nn.Module, args):
+        if self.mode == "off":
+            return None
+        z = args[0]
+        self._inputs[module] = z
+        if getattr(module, "inplace", False):
+            # The saved pre-activation must survive an in-place activation.
+            return (z.clone(), *args[1:])
+        return None
+
+    def _module_hook(self, module: nn.Module, args, out):
+        if self.mode == "off":
+            return None
+        z = self._inputs.pop(module)
+        if is_activation(module):
+            return self._activation(module, z, out)
+        if is_norm(module):
+            return self._normalization(module, z)
+        return self._max_pool(module, z, out)
+
+    def _activation(self, module: nn.Module, z: torch.Tensor, out: torch.Tensor):
+        if self.mode == "real":
+            if self.activation == "binary" or isinstance(module, nn.ReLU):
+                gate = z.detach() > 0
+            else:
+                zd = z.detach()
+                gate = torch.where(zd == 0, torch.full_like(zd, self._slope0[module]), out.detach() / zd)
+            self._keep(module, gate)
+            return None
+        if self.mode == "data":
+            return z * self._take(module)
+        return z
+
+    def _norm_stats(self, module: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and inverse standard deviation used by ``module`` on ``z``, broadcastable against ``z``."""
+        zd = z  # statistics stay differentiable for the gradient-based baselines
+        if isinstance(module, _BatchNorm):
+            if self.norm == "running" and module.running_var is not None:
+                view = (1, -1, *([1] * (z.dim() - 2)))
+                return module.running_mean.reshape(view), torch.rsqrt(module.running_var.reshape(view) + module.eps)
+            dims = (0, *range(2, z.dim()))
+        elif isinstance(module, nn.GroupNorm):
+            n, c = zd.shape[:2]
+            grouped = zd.reshape(n, module.num_groups, -1)
+            mean = grouped.mean(-1, keepdim=True)
+            rstd = torch.rsqrt(grouped.var(-1, unbiased=False, keepdim=True) + module.eps)
+            expand = (n, c, *([1] * (z.dim() - 2)))
+            per_channel = c // module.num_groups
+            return (mean.repeat_interleave(per_channel, 1).reshape(expand),
+                    rstd.repeat_interleave(per_channel, 1).reshape(expand))
+        elif getattr(module, "data_format", "") == "channels_first":
+            dims = (1,)
+        else:
+            dims = tuple(range(-len(module.normalized_shape), 0))
+        mean = zd.mean(dims, keepdim=True)
+        return mean, torch.rsqrt(zd.var(dims, unbiased=False, keepdim=True) + module.eps)
+
+    def _normalization(self, module: nn.Module, z: torch.Tensor):
+        gamma = module.weight
+        if self.mode == "real":
+            mean, rstd = self._norm_stats(module, z)
+            if self.record:
+                self._keep(module, rstd.detach())
+                if isinstance(module, _BatchNorm):
+                    total, count = rstd.detach().reshape(-1) ** 2 * z.shape[0], z.shape[0]
+                else:
+                    total, count = (rstd.detach() ** 2).sum(), rstd.numel()
+                self._norm_sum[module] = self._norm_sum.get(module, 0) + total
+                self._norm_count[module] = self._norm_count.get(module, 0) + torch.tensor(
+                    float(count), device=z.device)
+            if isinstance(module, _BatchNorm) and not (self.norm == "running" and module.running_var is not None):
+                # The model runs in eval mode; a BatchNorm on batch statistics is computed here, without
+                # touching its running buffers.
+                out = (z - mean) * rstd
+                if gamma is not None:
+                    out = out * _channel_view(module, gamma, z.dim()) + _channel_view(module, module.bias, z.dim())
+                return out
+            return None
+        if self.mode == "data":
+            gain = self._take(module)
+            return z * gain if gamma is None else z * gain * _channel_view(module, gamma.detach().abs(), z.dim())
+        if self.mode == "path":
+            count = self._norm_count.get(module)
+            gain = 1.0
+            if count is not None and float(count) > 0:
+                gain = self._norm_sum[module] / count
+                if isinstance(module, _BatchNorm):
+                    gain = _channel_view(module, gain, z.dim())
+            scale = 1.0 if gamma is None else _channel_view(module, gamma.detach() ** 2, z.dim())
+            return z * (scale * gain)
+        return z if gamma is None else z * _channel_view(module, gamma.detach().abs(), z.dim())
+
+    def _max_pool(self, module: nn.Module, z: torch.Tensor, out: torch.Tensor):
+        if self.mode == "real":
+            pool = getattr(F, f"max_pool{z.dim() - 2}d")
+            _, index = pool(z.detach(), module.kernel_size, module.stride, module.padding, module.dilation,
+                            ceil_mode=module.ceil_mode, return_indices=True)
+            self._keep(module, index)
+            return None
+        if self.mode == "data":
+            index = self._take(module)
+            return z.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)
+        return None
+
+    def _block_hook(self, module: nn.Module, args, out):
+        if self.mode in ("off", "real"):
+            return None
+        tensor = out[0] if isinstance(out, tuple) else out
+        scale = tensor.detach().abs().mean()
+        if not torch.isfinite(scale) or scale <= 0:
+            return None
+        self.log_scale += math.log(float(scale))
+        scaled = tensor / scale
+        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+
+    def attention(self, module, query, key, value, attention_mask, scaling: Optional[float]):
+        """The attention of ``module`` in the current mode; returns ``(output, probabilities)``."""
+        if key.shape[1] != query.shape[1]:
+            repeat = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
+        if self.mode in ("path", "synflow"):
+            uniform = value.mean(-2, keepdim=True).expand(*value.shape[:2], query.shape[2], value.shape[-1])
+            return uniform.transpose(1, 2).contiguous(), None
+        if self.mode == "data":
+            probs = self._take(module)
+        else:
+            scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+            logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+            if attention_mask is not None:
+                logits = logits + attention_mask
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+            if self.mode == "real":
+                self._keep(module, probs.detach())
+        return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def pass_parameters(
+    roles: dict[str, Role],
+    parameters: dict[str, torch.Tensor],
+    mode: str,
+    masks: Optional[dict[str, torch.Tensor]] = None,
+    leaves: Optional[dict[str, torch.Tensor]] = None,
+    bias: str = "zero",
+) -> dict[str, torch.Tensor]:
+    """Parameters to run ``mode`` with (through ``functional_call``), built from the live ones.
+
+    - ``data``: path weights become their masks (unit weights where kept).
+    - ``path``: path weights become ``theta**2``; ``synflow``: ``|theta|``.
+    - Biases are zero (``bias="zero"``) or a weight on a constant unit (1, ``b**2``, ``|b|``); class tokens and
+      position embeddings are zero; layer scales are one; norm parameters are read by the norm hooks.
+
+    ``leaves`` maps names to tensors that require grad, standing in for those parameters in the path passes.
+    """
+    masks, leaves = masks or {}, leaves or {}
+    transform = {"path": lambda w: w * w, "synflow": torch.abs}
+    out = {}
+    for name, role in roles.items():
+        p = leaves.get(name, parameters[name].detach())
+        if role is Role.PATH_WEIGHT:
+            out[name] = masks[name].to(p.dtype) if name in masks and mode == "data" else (
+                torch.ones_like(p) if mode == "data" else transform[mode](p))
+        elif role is Role.BIAS:
+            out[name] = torch.zeros_like(p) if bias == "zero" else (
+                torch.ones_like(p) if mode == "data" else transform[mode](p))
+        elif role is Role.ADDITIVE:
+            out[name] = torch.zeros_like(p)
+        elif role is Role.SCALE:
+            out[name] = torch.ones_like(p)
+    return out

@@ -1,0 +1,124 @@
+"""Find the parts of a model that PX treats specially, by module type rather than by parameter-name rules."""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..targets import PRUNABLE_LAYER_TYPES
+
+# Modules in torch.nn.modules.activation that are not element-wise activations.
+_NOT_ELEMENTWISE = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "GLU", "Threshold")
+# Parameters added to the token stream (zero in the PX passes) and multiplicative per-channel scales (one).
+_ADDITIVE_NAMES = ("cls_token", "position_embeddings", "mask_token", "pos_embed", "dist_token", "distillation_token",
+                   "register_tokens", "relative_position_bias_table")
+_SCALE_NAMES = ("layer_scale", "lambda", "ls1", "ls2")
+_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+
+class Role(enum.Enum):
+    """How a parameter enters PX's data and path passes."""
+
+    PATH_WEIGHT = "path_weight"  # Linear/Conv weight: a factor on every path through it
+    BIAS = "bias"  # bias of a Linear/Conv layer: a weight on a constant unit
+    ADDITIVE = "additive"  # class token, position embeddings: dropped from the passes
+    SCALE = "scale"  # layer scale: set to 1 in the passes
+    NORM = "norm"  # normalization affine parameters: handled by the norm hooks
+    OTHER = "other"  # unknown: left at its value, with a warning
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Element-wise activation modules of torch and transformers."""
+    cls = type(module)
+    if cls.__module__ == "torch.nn.modules.activation":
+        return cls.__name__ not in _NOT_ELEMENTWISE
+    return cls.__module__ == "transformers.activations"
+
+
+def is_norm(module: nn.Module) -> bool:
+    """BatchNorm, LayerNorm (and subclasses such as ConvNeXt's) and GroupNorm."""
+    return isinstance(module, (_BatchNorm, nn.LayerNorm, nn.GroupNorm))
+
+
+def is_max_pool(module: nn.Module) -> bool:
+    return isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d))
+
+
+def uses_attention_interface(module: nn.Module) -> bool:
+    """Attention modules that dispatch through transformers' AttentionInterface (ViT, DeiT, ... in 5.x)."""
+    config = getattr(module, "config", None)
+    return config is not None and hasattr(config, "_attn_implementation") and any(
+        all(isinstance(getattr(module, n, None), nn.Linear) for n in names) for names in _QKV_NAMES
+    )
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """Parameter names of one attention block's query, key and value projection weights."""
+
+    query: str
+    key: str
+    value: str
+
+
+def attention_blocks(model: nn.Module) -> list[AttentionWeights]:
+    """Every module with Linear query/key/value children (``q_proj``/``k_proj``/``v_proj`` or ``query``/...)."""
+    blocks = []
+    for name, module in model.named_modules():
+        for names in _QKV_NAMES:
+            if all(isinstance(getattr(module, n, None), nn.Linear) for n in names):
+                prefix = f"{name}." if name else ""
+                blocks.append(AttentionWeights(*(f"{prefix}{n}.weight" for n in names)))
+    return blocks
+
+
+def _has_path_weights(module: nn.Module) -> bool:
+    return any(isinstance(m, PRUNABLE_LAYER_TYPES) for m in module.modules())
+
+
+def residual_blocks(model: nn.Module) -> list[nn.Module]:
+    """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
+
+    These are composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like
+    transformer/ConvNeXt blocks (``...Layer``/``...Block``), which transformers iterates in sequence.
+    """
+    blocks = []
+    for container in model.modules():
+        if not isinstance(container, (nn.Sequential, nn.ModuleList)):
+            continue
+        for child in container:
+            composite = not isinstance(child, PRUNABLE_LAYER_TYPES) and _has_path_weights(child)
+            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(("Layer", "Block"))
+            if composite and sequential:
+                blocks.append(child)
+    return blocks
+
+
+def parameter_roles(model: nn.Module) -> dict[str, Role]:
+    """The :class:`Role` of every parameter of ``model``."""
+    roles: dict[str, Role] = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for pname, _ in module.named_parameters(recurse=False):
+            full = prefix + pname
+            if is_norm(module):
+                roles[full] = Role.NORM
+            elif isinstance(module, PRUNABLE_LAYER_TYPES):
+                roles[full] = Role.PATH_WEIGHT if pname == "weight" else Role.BIAS
+            elif any(key in pname for key in _ADDITIVE_NAMES) or pname.endswith("bias"):
+                roles[full] = Role.ADDITIVE
+            elif any(key in pname for key in _SCALE_NAMES):
+                roles[full] = Role.SCALE
+            else:
+                roles[full] = Role.OTHER
+    unknown = [n for n, r in roles.items() if r is Role.OTHER]
+    if unknown:
+        warnings.warn(
+            f"px_hf does not know how the parameters {unknown[:5]} enter the network's paths; the PX passes leave "
+            "them at their values", stacklevel=3,
+        )
+    return roles

@@ -1,0 +1,65 @@
+"""The pruning-at-initialization baselines PX is compared against, in the same scorer interface."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..modeling.io import forward
+from .base import Scores, ScoringContext
+from .px import path_gradient_scores
+
+GRASP_TEMPERATURE = 200.0  # softmax temperature of the GraSP paper
+
+
+def random_scores(ctx: ScoringContext) -> Scores:
+    """Uniform random scores (seeded): random pruning."""
+    return {
+        n: torch.rand(p.shape, generator=ctx.generator).to(p.device) for n, p in ctx.parameters().items()
+    }
+
+
+def magnitude_scores(ctx: ScoringContext) -> Scores:
+    """``|theta|``."""
+    return {n: p.detach().abs() for n, p in ctx.parameters().items()}
+
+
+def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None) -> Scores:
+    """Gradient of the summed cross-entropy over the pruning set; with ``against`` (a gradient g), the
+    Hessian-gradient product ``H g`` instead. Summed over all processes."""
+    params = ctx.parameters()
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for inputs, labels in ctx.batches:
+        with torch.enable_grad(), ctx.passes.run("real", record=False):
+            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            logits = forward(ctx.model, inputs, leaves) / temperature
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=against is not None)
+            if against is not None:
+                inner = sum((g * against[n]).sum() for n, g in zip(leaves, grads))
+                grads = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
+        for n, g in zip(leaves, grads):
+            if g is not None:
+                total[n] += g.detach()
+    ctx.all_reduce(list(total.values()), "sum")
+    return total
+
+
+def snip_scores(ctx: ScoringContext) -> Scores:
+    """SNIP (Lee et al., 2019): ``|theta * dL/dtheta|``."""
+    grads = _loss_gradients(ctx)
+    return {n: (g * p.detach()).abs() for (n, p), g in zip(ctx.parameters().items(), grads.values())}
+
+
+def grasp_scores(ctx: ScoringContext) -> Scores:
+    """GraSP (Wang et al., 2020): keeps the weights with the largest ``theta * H g`` (the paper removes those
+    with the largest ``-theta * H g``); scores can be negative."""
+    grads = _loss_gradients(ctx, GRASP_TEMPERATURE)
+    hessian_grads = _loss_gradients(ctx, GRASP_TEMPERATURE, against=grads)
+    return {n: hg * p.detach() for (n, p), hg in zip(ctx.parameters().items(), hessian_grads.values())}
+
+
+def synflow_scores(ctx: ScoringContext) -> Scores:
+    """SynFlow (Tanaka et al., 2020): ``|theta| dR/d|theta|`` with ``R`` the summed output of the network with
+    absolute weights, linear activations and an all-ones input (data-free)."""
+    return path_gradient_scores(ctx, "synflow")

@@ -1,0 +1,155 @@
+"""The PX saliency (Iurada et al., CVPR 2024): ``S_j = theta_j**2 * dR / d(theta_j**2)`` with
+``R = sum_k Z1_k * z2_k``, a data-aware upper bound on the trace of the Neural Tangent Kernel.
+
+- ``Z1 = sum_n z1(x_n)``: the network with unit weights where the mask keeps them, squared input ``x**2``, and
+  every non-linearity replaced by the gate the real network produced on ``x`` (no gradient).
+- ``z2``: the network with squared weights, linear activations, uniform attention and one all-ones input.
+
+Because the data enters only through the K-vector ``Z1`` (K = number of outputs), scoring across processes
+needs one small all-reduce per round. ``Z1`` is kept as ``value * exp(log_scale)`` so that deep models stay
+finite in float32; the scores are exact up to one positive factor common to all weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import torch
+
+from ..modeling.io import forward
+from ..modeling.passes import pass_parameters
+from ..modeling.structure import AttentionWeights, attention_blocks
+from .base import Scores, ScoringContext
+
+
+class LogScaledSum:
+    """A running sum of vectors kept as ``value * exp(log_scale)`` with ``max |value| == 1``."""
+
+    def __init__(self) -> None:
+        self.value: Optional[torch.Tensor] = None
+        self.log_scale = -math.inf
+
+    def add(self, vector: torch.Tensor, log_scale: float) -> None:
+        peak = float(vector.abs().max()) if vector.numel() else 0.0
+        if not math.isfinite(peak):
+            raise FloatingPointError(
+                "the PX data pass overflowed; keep px_rescale_blocks=True or use a float64 model"
+            )
+        if peak == 0.0:
+            if self.value is None:
+                self.value = torch.zeros_like(vector)
+            return
+        vector, log_scale = vector / peak, log_scale + math.log(peak)
+        if self.value is None or self.log_scale == -math.inf:
+            self.value, self.log_scale = vector, log_scale
+            return
+        top = max(self.log_scale, log_scale)
+        self.value = self.value * math.exp(self.log_scale - top) + vector * math.exp(log_scale - top)
+        self.log_scale = top
+
+    def all_reduce(self, reduce) -> None:
+        """Sum across processes: agree on the largest scale first, then add the rescaled values."""
+        value = self.value
+        log_scale = torch.tensor([self.log_scale], dtype=torch.float64, device=value.device)
+        reduce([log_scale], "max")
+        top = float(log_scale)
+        factor = math.exp(self.log_scale - top) if math.isfinite(top) else 0.0
+        value = value * factor
+        reduce([value], "sum")
+        self.value, self.log_scale = value, top
+
+
+def data_term(ctx: ScoringContext) -> torch.Tensor:
+    """``Z1 = sum_n z1(x_n)`` over the whole pruning set (all processes), up to a positive factor.
+
+    Also leaves every normalization's ``E[rstd**2]`` in ``ctx.passes`` for the path pass.
+    """
+    passes, model = ctx.passes, ctx.model
+    params = dict(model.named_parameters())
+    data_params = pass_parameters(ctx.roles, params, "data", masks=ctx.masks, bias=ctx.config.px_bias)
+    z1 = LogScaledSum()
+    passes.reset_statistics()
+    with torch.no_grad():
+        for inputs, _ in ctx.batches:
+            with passes.run("real"):
+                forward(model, inputs)
+            with passes.run("data"):
+                out = forward(model, inputs * inputs, data_params)
+            z1.add(out.flatten(1).sum(0).float(), passes.log_scale)
+            passes.clear_records()
+    del data_params
+    if z1.value is None:  # this process's shard is empty
+        z1.value = _output_like(ctx)
+    z1.all_reduce(ctx.all_reduce)
+    stats = passes.statistics()
+    if stats:
+        ctx.all_reduce(stats, "sum")
+    return z1.value
+
+
+def _output_like(ctx: ScoringContext) -> torch.Tensor:
+    """A zero vector with one entry per model output (for processes whose shard is empty)."""
+    with torch.no_grad(), ctx.passes.run("synflow"):
+        out = _ones_forward(ctx, pass_parameters(ctx.roles, dict(ctx.model.named_parameters()), "synflow"))
+    return torch.zeros_like(out.flatten(1).sum(0).float())
+
+
+def _ones_forward(ctx: ScoringContext, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    reference = next(iter(params.values()))
+    ones = torch.ones((1, *ctx.sample_shape), device=reference.device, dtype=reference.dtype)
+    return forward(ctx.model, ones, params)
+
+
+def path_gradient_scores(ctx: ScoringContext, mode: str, weights: Optional[torch.Tensor] = None) -> Scores:
+    """``theta * dR/dtheta`` for ``R = sum_k weights_k * output_k`` of the one-sample ``mode`` pass.
+
+    With ``mode="path"`` the weights enter as ``theta**2`` and the result is ``2 * theta**2 dR/d(theta**2)``;
+    with ``mode="synflow"`` they enter as ``|theta|`` and it is SynFlow's ``|theta| dR/d|theta|``.
+    """
+    params = dict(ctx.model.named_parameters())
+    with torch.enable_grad():
+        leaves = {n: params[n].detach().requires_grad_(True) for n in ctx.prunable}
+        with ctx.passes.run(mode):
+            out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, leaves=leaves, bias=ctx.config.px_bias))
+        out = out.flatten(1).sum(0).float()
+        total = out.sum() if weights is None else (weights * out).sum()
+        grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+    return {
+        n: torch.zeros_like(leaf) if g is None else g.mul_(leaf.detach())
+        for (n, leaf), g in zip(leaves.items(), grads)
+    }
+
+
+def transfer_value_density(
+    scores: Scores, weights: Mapping[str, torch.Tensor], blocks: list[AttentionWeights]
+) -> Scores:
+    """Give each block's query and key weights the score distribution of its value weights, entries ranked
+    by magnitude: a global threshold then keeps the same fraction of Q and K as of V, the largest entries."""
+    for block in blocks:
+        if block.value not in scores:
+            continue
+        reference = scores[block.value].reshape(-1).sort().values
+        for name in (block.query, block.key):
+            if name not in scores:
+                continue
+            magnitude = weights[name].detach().abs().reshape(-1)
+            values = reference
+            if reference.numel() != magnitude.numel():
+                positions = torch.linspace(0, reference.numel() - 1, magnitude.numel(), device=reference.device)
+                values = reference[positions.round().long()]
+            transferred = torch.empty_like(values)
+            transferred[magnitude.argsort(stable=True)] = values
+            scores[name] = transferred.reshape(scores[name].shape)
+    return scores
+
+
+def px_scores(ctx: ScoringContext) -> Scores:
+    """PX saliencies of ``ctx.prunable`` on the current masked model (non-negative)."""
+    z1 = data_term(ctx)
+    scores = path_gradient_scores(ctx, "path", weights=z1)
+    # theta * dR/dtheta = 2 theta**2 dR/d(theta**2): halve to get the paper's saliency.
+    scores = {n: s.mul_(0.5) for n, s in scores.items()}
+    if ctx.config.qk_scores == "value":
+        scores = transfer_value_density(scores, ctx.parameters(), attention_blocks(ctx.model))
+    return scores

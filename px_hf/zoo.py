@@ -1,0 +1,45 @@
+"""Small ViT, ConvNeXt and ResNet models built from configs (no download), for demos, tests and benchmarks."""
+
+from __future__ import annotations
+
+from transformers import (
+    ConvNextConfig, ConvNextForImageClassification, PreTrainedModel, ResNetConfig, ResNetForImageClassification,
+    ViTConfig, ViTForImageClassification,
+)
+
+FAMILIES = ("vit", "convnext", "resnet")
+# "base" sizes match ViT-Base/16, ConvNeXt-Tiny and ResNet-50 at 224 px (for benchmarks).
+SIZES = ("small", "base")
+
+
+def small_model(
+    family: str, num_labels: int = 10, image_size: int = 32, num_channels: int = 1, size: str = "small",
+    seed: int = 0, **overrides,
+) -> PreTrainedModel:
+    """A randomly initialized image classifier of ``family`` (``vit``, ``convnext`` or ``resnet``).
+
+    ``size="small"`` gives the tiny models used on digits (26, 13 and 16 prunable layers); ``size="base"`` the
+    standard ImageNet sizes. ``overrides`` are passed to the config.
+    """
+    import torch
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    small = size == "small"
+    common = dict(num_labels=num_labels, num_channels=num_channels, image_size=image_size)
+    if family == "vit":
+        arch = dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                    intermediate_size=128) if small else dict(patch_size=16)
+        config, model_cls = ViTConfig(**common, **arch, **overrides), ViTForImageClassification
+    elif family == "convnext":
+        arch = dict(patch_size=2, num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1]) if small else {}
+        config, model_cls = ConvNextConfig(**common, **arch, **overrides), ConvNextForImageClassification
+    else:
+        arch = dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 2, 2], layer_type="basic",
+                    downsample_in_first_stage=False) if small else {}
+        config, model_cls = ResNetConfig(**common, **arch, **overrides), ResNetForImageClassification
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(config)
