@@ -182,6 +182,42 @@ class PXPruner:
             raise RuntimeError("nothing pruned yet: call prune() first")
         return PruningSummary.from_masks(self.masks)
 
+    def pruning_record(self) -> dict[str, Any]:
+        """What was done: the config, the achieved density, the pruning set and the software versions."""
+        import transformers
+
+        from . import __version__
+
+        summary = self.summary()
+        pruning_set = self.pruning_set
+        return {
+            "px_hf_version": __version__,
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+            "config": self.config.to_dict(),
+            "rounds": self.config.num_rounds,
+            "target_density": self.config.density,
+            "achieved_density": summary.density,
+            "prunable_params": summary.params,
+            "kept_params": summary.kept,
+            "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None) or None,
+            "architecture": type(self.model).__name__,
+            "pruning_set": None if pruning_set is None else {
+                "source": pruning_set.source,
+                "examples": len(pruning_set),
+                "examples_per_class": self.config.examples_per_class,
+                "seed": self.config.seed,
+                "indices_sha256": pruning_set.indices_sha256,
+            },
+        }
+
+    def save_pretrained(self, directory: str) -> None:
+        """Save the pruned model (transformers layout, exact zeros), ``px_masks.safetensors`` (one bit per
+        weight) and ``pruning_config.json`` to ``directory``."""
+        from .hub.save import save_pruned
+
+        save_pruned(self.model, self.masks, self.pruning_record(), directory)
+
     def __repr__(self) -> str:
         state = f"density={self.summary().density:.4f}" if self.masks else "not pruned"
         return f"PXPruner({type(self.model).__name__}, scorer={self.config.scorer!r}, {state})"

@@ -1,0 +1,144 @@
+"""The ``px-hf`` command line: ``px-hf prune`` prunes a model and saves it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from .config import SCORERS, PXConfig
+from .errors import PXError
+
+DEFAULT_OUTPUT_DIR = "px-hf-output"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="px-hf", description="PX pruning at initialization for HF vision models")
+    commands = parser.add_subparsers(dest="command", required=True)
+    prune = commands.add_parser(
+        "prune", help="prune a model and save it",
+        description="Prune a model with PX (or a baseline) and save it. With no options: a small ViT built from "
+                    "a config, pruned to 98%% sparsity on scikit-learn's digits.",
+    )
+    prune.add_argument("--model", default="vit",
+                       help="vit, convnext or resnet (small models built from configs), a local directory, or a "
+                            "Hub id (default: vit)")
+    prune.add_argument("--data", default="digits",
+                       help="'digits' (bundled), an image folder (class per sub-directory), or a datasets name "
+                            "(default: digits)")
+    prune.add_argument("--split", default="train", help="dataset split to draw the pruning set from")
+    prune.add_argument("--sparsity", type=float, default=0.98, help="fraction of weights removed (default 0.98)")
+    prune.add_argument("--scorer", default="px", choices=SCORERS, help="scoring method (default px)")
+    prune.add_argument("--rounds", type=int, default=None,
+                       help="pruning rounds (default: 100 for px/synflow, 1 for the others)")
+    prune.add_argument("--schedule", default="exponential", choices=("exponential", "linear"))
+    prune.add_argument("--scope", default="global", choices=("global", "layer"))
+    prune.add_argument("--examples-per-class", type=int, default=10,
+                       help="class-balanced pruning set size per class; 0 uses every example (default 10)")
+    prune.add_argument("--batch-size", type=int, default=32)
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--image-size", type=int, default=32, help="image size of the built-in small models")
+    prune.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
+                       help=f"where to save the pruned model (default ./{DEFAULT_OUTPUT_DIR})")
+    prune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _load_model(name: str, image_size: int, num_labels: int, seed: int):
+    from .zoo import FAMILIES, small_model
+
+    if name in FAMILIES:
+        return small_model(name, num_labels=num_labels, image_size=image_size, seed=seed)
+    from transformers import AutoModelForImageClassification
+
+    if not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise PXError(f"--model {name!r} is neither a built-in family nor a local directory, and the Hub is "
+                      "offline (HF_HUB_OFFLINE=1)")
+    return AutoModelForImageClassification.from_pretrained(name)
+
+
+def _model_input_spec(model, default_size: int) -> tuple[int, int]:
+    config = getattr(model, "config", None)
+    size = getattr(config, "image_size", default_size)
+    return getattr(config, "num_channels", 3), size if isinstance(size, int) else size[0]
+
+
+def _load_data(args, model):
+    """Returns ``(data, prune keyword arguments, description)``."""
+    channels, size = _model_input_spec(model, args.image_size)
+    if args.data == "digits":
+        from .digits import load_digits
+
+        images, labels = load_digits(image_size=size)
+        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, "scikit-learn digits"
+    from datasets import load_dataset
+
+    if os.path.isdir(args.data):
+        dataset = load_dataset("imagefolder", data_dir=args.data, split=args.split)
+    else:
+        dataset = load_dataset(args.data, split=args.split)
+    try:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(args.model)
+        return dataset, {"image_processor": processor}, args.data
+    except (OSError, ValueError):
+        return dataset, {"transform": _basic_transform(channels, size)}, args.data
+
+
+def _basic_transform(channels: int, size: int):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    def transform(image):
+        mode = "L" if channels == 1 else "RGB"
+        array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        return tensor * 2.0 - 1.0
+
+    return transform
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from .pruner import PXPruner
+
+    config = PXConfig(
+        sparsity=args.sparsity, scorer=args.scorer, rounds=args.rounds, schedule=args.schedule, scope=args.scope,
+        examples_per_class=args.examples_per_class or None, seed=args.seed, batch_size=args.batch_size,
+    )
+    model = _load_model(args.model, args.image_size, 10, args.seed)
+    data, data_kwargs, description = _load_data(args, model)
+    pruner = PXPruner(model, config)
+    print(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
+          f"in {config.num_rounds} round(s) on {description}")
+    start = time.perf_counter()
+    pruner.prune(data, progress=not args.no_progress, **data_kwargs)
+    elapsed = time.perf_counter() - start
+    summary = pruner.summary()
+    print(summary)
+    print(f"achieved density: {summary.density:.6f} (target {config.density:.6f}), "
+          f"{summary.kept:,} of {summary.params:,} prunable weights kept")
+    if summary.collapsed:
+        print(f"layers pruned to zero: {', '.join(summary.collapsed)}")
+    print(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
+    pruner.save_pretrained(args.output_dir)
+    print(f"saved to {os.path.abspath(args.output_dir)}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``px-hf`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return prune_command(args)
+    except PXError as err:
+        print(f"px-hf: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

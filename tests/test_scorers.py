@@ -1,0 +1,105 @@
+"""Every scorer on small ViT, ConvNeXt and ResNet: finite scores, exact density, zeros that stay zeros."""
+
+import pytest
+import torch
+
+from px_hf import PXConfig, PXPruner
+from px_hf.scoring import NONNEGATIVE_SCORERS, SCORERS
+from px_hf.zoo import small_model
+
+ROUNDS = {"px": 4, "synflow": 4}
+
+
+def _prune(model, digits, scorer, sparsity=0.9, seed=0, callback=None, **config):
+    x, y = digits
+    cfg = PXConfig(sparsity=sparsity, scorer=scorer, rounds=ROUNDS.get(scorer, 1), examples_per_class=3,
+                   seed=seed, **config)
+    pruner = PXPruner(model, cfg)
+    pruner.prune((x, y), progress=False, callback=callback)
+    return pruner
+
+
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_scorer_contract(model, digits, scorer):
+    params = dict(model.named_parameters())
+    history = []
+
+    def check_round(index, density, masks):
+        # Masked weights are exactly zero after every round, and nothing pruned comes back.
+        for name, mask in masks.items():
+            assert torch.all(params[name][~mask] == 0)
+            if history:
+                assert not torch.any(mask & ~history[-1][name]), f"{name} revived a pruned weight"
+        history.append({n: m.clone() for n, m in masks.items()})
+
+    pruner = _prune(model, digits, scorer, callback=check_round)
+    assert len(history) == pruner.config.num_rounds
+    total = sum(m.numel() for m in pruner.masks.values())
+    kept = sum(int(m.sum()) for m in pruner.masks.values())
+    assert kept == round(0.1 * total)
+    assert pruner.summary().density == pytest.approx(0.1, abs=1 / total)
+    for name, score in pruner.scores.items():
+        assert torch.isfinite(score).all()
+        if scorer in NONNEGATIVE_SCORERS:
+            assert (score >= 0).all(), name
+        assert torch.all(params[name][~pruner.masks[name]] == 0)
+        # Pruned weights report score 0; sign bits too: a pruned weight is +0.0, not -0.0.
+        assert torch.all(torch.signbit(params[name][~pruner.masks[name]]) == 0)
+    assert set(pruner.masks) == set(pruner.prunable)
+
+
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_same_seed_same_masks(family, digits, scorer):
+    first = _prune(small_model(family, seed=0), digits, scorer, seed=5).masks
+    second = _prune(small_model(family, seed=0), digits, scorer, seed=5).masks
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_different_seed_changes_random_masks(digits):
+    first = _prune(small_model("vit"), digits, "random", seed=1).masks
+    second = _prune(small_model("vit"), digits, "random", seed=2).masks
+    assert any(not torch.equal(first[n], second[n]) for n in first)
+
+
+def test_px_keeps_every_layer_at_90_percent(model, digits):
+    pruner = PXPruner(model, PXConfig(sparsity=0.9, rounds=20))
+    pruner.prune(digits, progress=False)
+    summary = pruner.summary()
+    assert summary.collapsed == []
+    assert summary.kept == round(0.1 * summary.params)
+
+
+def test_layer_scope_keeps_density_in_every_layer(model, digits):
+    pruner = _prune(model, digits, "px", scope="layer")
+    for layer in pruner.summary().layers:
+        assert abs(layer.kept - 0.1 * layer.params) <= 1, layer
+
+
+def test_px_scores_depend_on_data(digits):
+    """The data pass matters: different pruning examples give different PX scores."""
+    x, y = digits
+    a = PXPruner(small_model("resnet"), PXConfig(sparsity=0.5, rounds=1, examples_per_class=None))
+    a.prune((x[:20], y[:20]), progress=False)
+    b = PXPruner(small_model("resnet"), PXConfig(sparsity=0.5, rounds=1, examples_per_class=None))
+    b.prune((x[20:40], y[20:40]), progress=False)
+    name = "resnet.encoder.stages.1.layers.0.layer.0.convolution.weight"
+    assert not torch.allclose(a.scores[name], b.scores[name])
+
+
+def test_query_and_key_follow_value_density(digits):
+    model = small_model("vit")
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruner = _prune(model, digits, "px", sparsity=0.95)
+    for block in range(4):
+        prefix = f"vit.layers.{block}.attention."
+        value = int(pruner.masks[prefix + "v_proj.weight"].sum())
+        assert value > 0
+        for proj in ("q_proj", "k_proj"):
+            name = prefix + f"{proj}.weight"
+            mask = pruner.masks[name]
+            assert abs(int(mask.sum()) - value) <= 2
+            # The kept entries are the largest-magnitude ones of the initial weights.
+            magnitude = initial[name].abs()
+            assert magnitude[mask].min() >= magnitude[~mask].max()
+    raw = _prune(small_model("vit"), digits, "px", sparsity=0.95, qk_scores="px")
+    assert int(raw.masks["vit.layers.0.attention.q_proj.weight"].sum()) == 0
