@@ -119,7 +119,6 @@ class PXPruner:
         else:
             pruning_set = build_pruning_set(data, config.examples_per_class, config.seed, image_processor,
                                             transform, image_column, label_column)
-            self._check_fit(pruning_set)
         self.pruning_set = pruning_set
         device, dtype = self._device_and_dtype()
         params = dict(self.model.named_parameters())
@@ -134,7 +133,9 @@ class PXPruner:
         schedule = density_schedule(config.density, config.num_rounds, config.schedule)
         passes = LinearizedPasses(self.model, norm=config.px_norm, activation=config.px_activation,
                                   rescale_blocks=config.px_rescale_blocks)
-        with passes:
+        with passes:  # eval mode from here on: no dropout, no BatchNorm buffer updates
+            if pruning_set is not None:
+                self._check_fit(pruning_set)
             ctx = ScoringContext(
                 model=self.model, prunable=self.prunable, masks=masks, batches=batches,
                 sample_shape=tuple(pruning_set.inputs.shape[1:]) if pruning_set is not None else (),

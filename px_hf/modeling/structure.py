@@ -84,18 +84,20 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
 
     These are composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like
-    transformer/ConvNeXt blocks (``...Layer``/``...Block``), which transformers iterates in sequence.
+    transformer/ConvNeXt blocks (``...Layer``/``...Block``), which transformers iterates in sequence. Only the
+    outermost are kept: a Sequential inside a block is a residual branch, and scaling a branch alone is not a
+    common factor.
     """
-    blocks = []
-    for container in model.modules():
+    found: dict[str, nn.Module] = {}
+    for name, container in model.named_modules():
         if not isinstance(container, (nn.Sequential, nn.ModuleList)):
             continue
-        for child in container:
+        for child_name, child in container.named_children():
             composite = not isinstance(child, PRUNABLE_LAYER_TYPES) and _has_path_weights(child)
             sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(("Layer", "Block"))
             if composite and sequential:
-                blocks.append(child)
-    return blocks
+                found[f"{name}.{child_name}" if name else child_name] = child
+    return [m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)]
 
 
 def parameter_roles(model: nn.Module) -> dict[str, Role]:

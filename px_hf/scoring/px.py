@@ -23,6 +23,13 @@ from ..modeling.structure import AttentionWeights, attention_blocks
 from .base import Scores, ScoringContext
 
 
+def output_vector(out: torch.Tensor) -> torch.Tensor:
+    """Sum a batch of outputs into one vector per output unit, in at least float32 (half precision would
+    lose the small terms of the sum)."""
+    vector = out.flatten(1).sum(0)
+    return vector if vector.dtype in (torch.float32, torch.float64) else vector.float()
+
+
 class LogScaledSum:
     """A running sum of vectors kept as ``value * exp(log_scale)`` with ``max |value| == 1``."""
 
@@ -76,7 +83,7 @@ def data_term(ctx: ScoringContext) -> torch.Tensor:
                 forward(model, inputs)
             with passes.run("data"):
                 out = forward(model, inputs * inputs, data_params)
-            z1.add(out.flatten(1).sum(0).float(), passes.log_scale)
+            z1.add(output_vector(out), passes.log_scale)
             passes.clear_records()
     del data_params
     if z1.value is None:  # this process's shard is empty
@@ -92,7 +99,7 @@ def _output_like(ctx: ScoringContext) -> torch.Tensor:
     """A zero vector with one entry per model output (for processes whose shard is empty)."""
     with torch.no_grad(), ctx.passes.run("synflow"):
         out = _ones_forward(ctx, pass_parameters(ctx.roles, dict(ctx.model.named_parameters()), "synflow"))
-    return torch.zeros_like(out.flatten(1).sum(0).float())
+    return torch.zeros_like(output_vector(out))
 
 
 def _ones_forward(ctx: ScoringContext, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -112,7 +119,7 @@ def path_gradient_scores(ctx: ScoringContext, mode: str, weights: Optional[torch
         leaves = {n: params[n].detach().requires_grad_(True) for n in ctx.prunable}
         with ctx.passes.run(mode):
             out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, leaves=leaves, bias=ctx.config.px_bias))
-        out = out.flatten(1).sum(0).float()
+        out = output_vector(out)
         total = out.sum() if weights is None else (weights * out).sum()
         grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
     return {

@@ -1,0 +1,89 @@
+"""The linearized passes: rescaling is exact, attention backends agree, the model is left as it was."""
+
+import pytest
+import torch
+from torch import nn
+
+from px_hf import PXConfig, PXPruner
+from px_hf.modeling.passes import LinearizedPasses
+from px_hf.modeling.structure import residual_blocks
+from px_hf.zoo import small_model
+
+
+def _scores(model, digits, **config):
+    x, y = digits
+    pruner = PXPruner(model, PXConfig(sparsity=0.0, rounds=1, examples_per_class=2, **config))
+    pruner.prune((x, y), progress=False)
+    return torch.cat([s.flatten() for s in pruner.scores.values()])
+
+
+def test_block_rescaling_changes_scores_by_one_common_factor(family, digits):
+    x, y = digits
+    data = (x.double(), y)
+    assert residual_blocks(small_model(family))
+    scaled = _scores(small_model(family).double(), data, batch_size=7)
+    plain = _scores(small_model(family).double(), data, batch_size=7, px_rescale_blocks=False)
+    assert plain.abs().max() > 0
+    ratio = scaled[plain.argmax()] / plain.max()
+    torch.testing.assert_close(scaled, plain * ratio, rtol=1e-7, atol=1e-12 * float(scaled.max()))
+
+
+def test_sdpa_and_eager_attention_give_the_same_scores(digits):
+    eager = _scores(small_model("vit", attn_implementation="eager"), digits)
+    sdpa = _scores(small_model("vit", attn_implementation="sdpa"), digits)
+    torch.testing.assert_close(eager, sdpa)
+
+
+def test_pruning_leaves_the_model_as_it_was(digits):
+    model = small_model("vit", attn_implementation="sdpa")
+    model.train()
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    PXPruner(model, PXConfig(sparsity=0.5, rounds=2)).prune(digits, progress=False)
+    assert model.config._attn_implementation == "sdpa"
+    assert all(m.training for m in model.modules())
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+
+
+def test_batchnorm_running_statistics_untouched(digits):
+    model = small_model("resnet")
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    PXPruner(model, PXConfig(sparsity=0.5, rounds=2)).prune(digits, progress=False)
+    for name, value in model.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+
+
+def test_real_pass_batchnorm_uses_batch_statistics():
+    """In the real pass a BatchNorm normalizes with the batch's statistics while the model stays in eval mode."""
+    bn = nn.BatchNorm1d(3)
+    model = nn.Sequential(nn.Linear(4, 3), bn, nn.ReLU())
+    x = torch.randn(16, 4) * 5 + 2
+    with LinearizedPasses(model) as passes, passes.run("real"), torch.no_grad():
+        out = model(x)
+    expected = torch.relu(nn.functional.batch_norm(model[0](x), None, None, bn.weight, bn.bias, training=True))
+    torch.testing.assert_close(out, expected.detach())
+
+
+def test_inplace_relu_keeps_its_gate():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 2))
+    x = torch.randn(8, 4)
+    with LinearizedPasses(model) as passes, torch.no_grad():
+        with passes.run("real"):
+            model(x)
+        with passes.run("data"):
+            out = model(x)
+    # With the recorded gates the data pass equals the real network.
+    torch.testing.assert_close(out, model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "resnet", "convnext"])
+def test_px_scores_finite_in_float32_at_imagenet_size(family):
+    """ViT-Base, ResNet-50 and ConvNeXt-Tiny configs at 224 px: one PX round, float32, finite non-zero scores."""
+    model = small_model(family, size="base", image_size=224, num_channels=3, num_labels=1000)
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    pruner = PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None))
+    pruner.prune(x, progress=False)
+    for name, score in pruner.scores.items():
+        assert torch.isfinite(score).all(), name
+    assert pruner.summary().collapsed == []
+    assert sum(int((s > 0).sum()) for s in pruner.scores.values()) > 0.4 * pruner.summary().params
