@@ -55,7 +55,7 @@ def resolve_prunable(
             if not any(regex.search(name) for name in candidates):
                 examples = ", ".join(candidates[:4])
                 raise ModelError(
-                    f"{option} pattern {pattern!r} matches no Linear/Conv weight of {type(model).__name__}; "
+                    f"{option} pattern '{pattern}' matches no Linear/Conv weight of {type(model).__name__}; "
                     f"prunable names look like: {examples}, ..."
                 )
         keep_if_match = option == "include"
