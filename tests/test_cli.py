@@ -1,0 +1,73 @@
+"""The main job: ``px-hf prune``."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForImageClassification
+
+from px_hf.cli import main
+from px_hf.hub.mask_file import load_masks
+
+
+def _check_saved(directory, density):
+    record = json.load(open(os.path.join(directory, "pruning_config.json")))
+    assert record["achieved_density"] == pytest.approx(density, abs=1e-4)
+    masks = load_masks(os.path.join(directory, "px_masks.safetensors"))
+    model = AutoModelForImageClassification.from_pretrained(directory)
+    params = dict(model.named_parameters())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == record["kept_params"]
+    for name, mask in masks.items():
+        assert torch.all(params[name][~mask] == 0)
+        assert torch.count_nonzero(params[name][mask]) == int(mask.sum())
+    return record
+
+
+@pytest.mark.parametrize("family", ["resnet", "convnext"])
+def test_prune_command_with_options(tmp_path, capsys, family):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", family, "--rounds", "3", "--sparsity", "0.9", "--output-dir", str(out),
+                 "--no-progress", "--examples-per-class", "2"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert re.search(r"achieved density: 0\.1000\d\d \(target 0\.100000\)", text)
+    assert re.search(r"time: \d+\.\d+ s for 3 round", text)
+    assert "total" in text
+    record = _check_saved(out, 0.1)
+    assert record["config"]["scorer"] == "px" and record["pruning_set"]["examples"] == 20
+
+
+def test_prune_command_reports_bad_input(tmp_path, capsys):
+    code = main(["prune", "--sparsity", "1.2", "--output-dir", str(tmp_path / "x")])
+    assert code == 2
+    assert "px-hf: error: sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_command_from_a_saved_directory(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["prune", "--model", "vit", "--rounds", "2", "--sparsity", "0.5", "--output-dir", str(first),
+                 "--no-progress"]) == 0
+    second = tmp_path / "second"
+    assert main(["prune", "--model", str(first), "--scorer", "magnitude", "--sparsity", "0.8",
+                 "--output-dir", str(second), "--no-progress"]) == 0
+    _check_saved(second, 0.2)
+
+
+@pytest.mark.slow
+def test_main_job_with_no_arguments(tmp_path):
+    """The README's main job: `px-hf prune` alone prunes a small ViT on digits to 98% sparsity with PX."""
+    script = os.path.join(os.path.dirname(sys.executable), "px-hf")
+    result = subprocess.run([script, "prune"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    assert "ViTForImageClassification (vit) with px to 98.00% sparsity in 100 round(s)" in result.stdout
+    assert "vit.layers.0.attention.q_proj.weight" in result.stdout
+    assert "achieved density: 0.0200" in result.stdout
+    assert re.search(r"time: \d+\.\d+ s for 100 round", result.stdout)
+    _check_saved(tmp_path / "px-hf-output", 0.02)
