@@ -22,6 +22,31 @@ def density_schedule(density: float, rounds: int, schedule: str = "exponential")
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+_SAMPLE = 1 << 16
+
+
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry of a 1-D tensor (1 <= k <= numel).
+
+    On large tensors a strided sample brackets the answer and only the entries in that bracket are searched,
+    which is several times faster than a full selection; the result is exact either way.
+    """
+    n = flat.numel()
+    if n > 16 * _SAMPLE:
+        sample = flat[:: n // _SAMPLE]
+        m = sample.numel()
+        position = m * (1.0 - k / n)
+        margin = 8.0 * math.sqrt(m) + 16
+        lo = sample.kthvalue(max(1, int(position - margin))).values
+        hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
+        above = int((flat > hi).sum())
+        band = flat[(flat >= lo) & (flat <= hi)]
+        need = k - above
+        if 1 <= need <= band.numel():
+            return band.kthvalue(band.numel() - need + 1).values
+    return flat.kthvalue(n - k + 1).values
+
+
 def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Boolean mask (shape of ``scores``) selecting exactly ``k`` largest entries.
 
@@ -33,7 +58,7 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, n - k + 1).values
+    threshold = _kth_largest(flat, k)
     chosen = flat > threshold
     missing = k - int(chosen.sum())
     if missing > 0:
@@ -55,21 +80,34 @@ def select_masks(
     ``scope="global"`` keeps exactly ``round(density * total)`` weights with one threshold across tensors;
     ``scope="layer"`` keeps ``round(density * numel)`` in every tensor.
     """
-    # A pruned weight must never come back, whatever its score.
-    live = {n: scores[n].float().masked_fill(~masks[n], -math.inf) for n in masks}
     if scope == "layer":
         return {
-            n: top_k_mask(s, min(round(density * s.numel()), int(masks[n].sum())), generator) for n, s in live.items()
+            n: top_k_mask(_live(scores[n], m), min(round(density * m.numel()), int(m.sum())), generator)
+            for n, m in masks.items()
         }
-    total = sum(s.numel() for s in live.values())
+    total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    flat = torch.cat([s.reshape(-1) for s in live.values()])
+    first = next(iter(masks.values()))
+    # One flat buffer filled in place: no per-layer copies on top of it.
+    flat = torch.empty(total, dtype=torch.float32, device=first.device)
+    start = 0
+    for n, m in masks.items():
+        view = flat[start:start + m.numel()]
+        view.copy_(scores[n].reshape(-1))
+        view.masked_fill_(~m.reshape(-1), -math.inf)
+        start += m.numel()
     chosen = top_k_mask(flat, min(round(density * total), kept), generator)
+    del flat
     out, start = {}, 0
-    for n, s in live.items():
-        out[n] = chosen[start:start + s.numel()].reshape(s.shape)
-        start += s.numel()
+    for n, m in masks.items():
+        out[n] = chosen[start:start + m.numel()].reshape(m.shape)
+        start += m.numel()
     return out
+
+
+def _live(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # A pruned weight must never come back, whatever its score.
+    return score.float().masked_fill(~mask, -math.inf)
 
 
 @torch.no_grad()

@@ -144,6 +144,7 @@ class PXPruner:
             bar = tqdm(schedule, desc=f"{config.scorer} pruning", unit="round", disable=not progress)
             for round_index, density in enumerate(bar):
                 ctx.masks = masks
+                scores = None  # free the previous round's scores before computing new ones
                 scores = scorer(ctx)
                 self._check_scores(scores, round_index)
                 masks = select_masks(scores, masks, density, config.scope, generator)

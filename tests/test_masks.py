@@ -80,3 +80,14 @@ def test_reinit_sanity_check_draws_new_weights_and_keeps_the_mask(digits):
         assert torch.all(params[name][~mask] == 0)
         changed += int((params[name][mask] != reference[name][mask]).sum())
     assert changed > 0.9 * sum(int(m.sum()) for m in pruner.masks.values())
+
+
+def test_large_tensor_selection_is_exact_and_matches_a_full_sort(rng):
+    """Above a million entries the threshold is bracketed from a sample; the count must still be exact."""
+    scores = torch.randn(3_000_000, generator=rng)
+    scores[::7] = 0.25  # many ties, some of them at the threshold
+    for k in (1, 17, 1_234_567, 2_999_999):
+        mask = top_k_mask(scores, k, rng)
+        assert int(mask.sum()) == k
+        threshold = torch.sort(scores, descending=True).values[k - 1]
+        assert bool((scores[mask] >= threshold).all()) and bool((scores[~mask] <= threshold).all())

@@ -153,11 +153,23 @@ class LinearizedPasses:
         if self.record:
             self._records.setdefault(module, []).append(value)
 
+    def _replaces_output(self, module: nn.Module) -> bool:
+        """Whether the hook computes ``module``'s output itself in the current mode."""
+        if self.mode in ("data", "path", "synflow"):
+            return not (is_max_pool(module) and self.mode != "data")
+        if is_max_pool(module):
+            return True
+        return isinstance(module, _BatchNorm) and self._batch_statistics(module)
+
     def _save_input(self, module: nn.Module, args):
         if self.mode == "off":
             return None
         z = args[0]
         self._inputs[module] = z
+        if self._replaces_output(module):
+            # The hook will compute the output from the saved input; an empty batch spares the module's own
+            # (discarded) computation.
+            return (z[:0], *args[1:])
         if getattr(module, "inplace", False):
             # The saved pre-activation must survive an in-place activation.
             return (z.clone(), *args[1:])
@@ -183,75 +195,82 @@ class LinearizedPasses:
             self._keep(module, gate)
             return None
         if self.mode == "data":
-            return z * self._take(module)
+            gate = self._take(module)
+            # Gates are stored as bool to save memory; multiplying by a bool tensor is several times slower
+            # on CPU than converting it first.
+            return z * (gate.to(z.dtype) if gate.dtype == torch.bool else gate)
         return z
 
-    def _norm_stats(self, module: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and inverse standard deviation used by ``module`` on ``z``, broadcastable against ``z``."""
-        zd = z  # statistics stay differentiable for the gradient-based baselines
+    def _batch_statistics(self, module: nn.Module) -> bool:
+        """Whether a BatchNorm normalizes with the batch's statistics (rather than running ones) in the real pass."""
+        return not (self.norm == "running" and module.running_var is not None)
+
+    def _norm_stats(self, module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Inverse standard deviation that ``module`` applies to ``z`` (LayerNorm, GroupNorm, running-statistics
+        BatchNorm), broadcastable against ``z``."""
         if isinstance(module, _BatchNorm):
-            if self.norm == "running" and module.running_var is not None:
-                view = (1, -1, *([1] * (z.dim() - 2)))
-                return module.running_mean.reshape(view), torch.rsqrt(module.running_var.reshape(view) + module.eps)
-            dims = (0, *range(2, z.dim()))
-        elif isinstance(module, nn.GroupNorm):
-            n, c = zd.shape[:2]
-            grouped = zd.reshape(n, module.num_groups, -1)
-            mean = grouped.mean(-1, keepdim=True)
-            rstd = torch.rsqrt(grouped.var(-1, unbiased=False, keepdim=True) + module.eps)
-            expand = (n, c, *([1] * (z.dim() - 2)))
-            per_channel = c // module.num_groups
-            return (mean.repeat_interleave(per_channel, 1).reshape(expand),
-                    rstd.repeat_interleave(per_channel, 1).reshape(expand))
-        elif getattr(module, "data_format", "") == "channels_first":
+            return torch.rsqrt(module.running_var + module.eps).reshape(1, -1, *([1] * (z.dim() - 2)))
+        if isinstance(module, nn.GroupNorm):
+            n, c = z.shape[:2]
+            var, _ = torch.var_mean(z.reshape(n, module.num_groups, -1), -1, unbiased=False, keepdim=True)
+            rstd = torch.rsqrt(var + module.eps).repeat_interleave(c // module.num_groups, 1)
+            return rstd.reshape(n, c, *([1] * (z.dim() - 2)))
+        if getattr(module, "data_format", "") == "channels_first":
             dims = (1,)
         else:
             dims = tuple(range(-len(module.normalized_shape), 0))
-        mean = zd.mean(dims, keepdim=True)
-        return mean, torch.rsqrt(zd.var(dims, unbiased=False, keepdim=True) + module.eps)
+        var, _ = torch.var_mean(z, dims, unbiased=False, keepdim=True)
+        return torch.rsqrt(var + module.eps)
 
     def _normalization(self, module: nn.Module, z: torch.Tensor):
         gamma = module.weight
+        ndim = z.dim()
         if self.mode == "real":
-            mean, rstd = self._norm_stats(module, z)
+            out = None
+            if isinstance(module, _BatchNorm) and self._batch_statistics(module):
+                # The model runs in eval mode; BatchNorm on batch statistics is computed here (differentiably,
+                # for the gradient baselines) without touching the running buffers.
+                out, _, rstd = torch.native_batch_norm(z, gamma, module.bias, None, None, True, 0.0, module.eps)
+                rstd = rstd.reshape(1, -1, *([1] * (ndim - 2)))
+            else:
+                rstd = self._norm_stats(module, z)
             if self.record:
-                self._keep(module, rstd.detach())
+                rstd = rstd.detach()
+                self._keep(module, rstd)
                 if isinstance(module, _BatchNorm):
-                    total, count = rstd.detach().reshape(-1) ** 2 * z.shape[0], z.shape[0]
+                    total, count = rstd.reshape(-1) ** 2 * z.shape[0], z.shape[0]
                 else:
-                    total, count = (rstd.detach() ** 2).sum(), rstd.numel()
+                    total, count = (rstd ** 2).sum(), rstd.numel()
                 self._norm_sum[module] = self._norm_sum.get(module, 0) + total
                 self._norm_count[module] = self._norm_count.get(module, 0) + torch.tensor(
                     float(count), device=z.device)
-            if isinstance(module, _BatchNorm) and not (self.norm == "running" and module.running_var is not None):
-                # The model runs in eval mode; a BatchNorm on batch statistics is computed here, without
-                # touching its running buffers.
-                out = (z - mean) * rstd
-                if gamma is not None:
-                    out = out * _channel_view(module, gamma, z.dim()) + _channel_view(module, module.bias, z.dim())
-                return out
-            return None
+            return out
         if self.mode == "data":
             gain = self._take(module)
-            return z * gain if gamma is None else z * gain * _channel_view(module, gamma.detach().abs(), z.dim())
+            if gamma is None:
+                return z * gain
+            gamma = _channel_view(module, gamma.detach().abs(), ndim)
+            if math.prod(torch.broadcast_shapes(gain.shape, gamma.shape)) < z.numel():
+                return z * (gain * gamma)  # per-channel factors: one pass over the activations, not two
+            return z * gain * gamma
         if self.mode == "path":
             count = self._norm_count.get(module)
             gain = 1.0
             if count is not None and float(count) > 0:
                 gain = self._norm_sum[module] / count
                 if isinstance(module, _BatchNorm):
-                    gain = _channel_view(module, gain, z.dim())
-            scale = 1.0 if gamma is None else _channel_view(module, gamma.detach() ** 2, z.dim())
+                    gain = _channel_view(module, gain, ndim)
+            scale = 1.0 if gamma is None else _channel_view(module, gamma.detach() ** 2, ndim)
             return z * (scale * gain)
-        return z if gamma is None else z * _channel_view(module, gamma.detach().abs(), z.dim())
+        return z if gamma is None else z * _channel_view(module, gamma.detach().abs(), ndim)
 
     def _max_pool(self, module: nn.Module, z: torch.Tensor, out: torch.Tensor):
         if self.mode == "real":
             pool = getattr(F, f"max_pool{z.dim() - 2}d")
-            _, index = pool(z.detach(), module.kernel_size, module.stride, module.padding, module.dilation,
-                            ceil_mode=module.ceil_mode, return_indices=True)
+            out, index = pool(z, module.kernel_size, module.stride, module.padding, module.dilation,
+                              ceil_mode=module.ceil_mode, return_indices=True)
             self._keep(module, index)
-            return None
+            return out
         if self.mode == "data":
             index = self._take(module)
             return z.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)
@@ -261,7 +280,7 @@ class LinearizedPasses:
         if self.mode in ("off", "real"):
             return None
         tensor = out[0] if isinstance(out, tuple) else out
-        scale = tensor.detach().abs().mean()
+        scale = torch.linalg.vector_norm(tensor.detach(), 1) / tensor.numel()
         if not torch.isfinite(scale) or scale <= 0:
             return None
         self.log_scale += math.log(float(scale))
