@@ -39,7 +39,7 @@ def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
         margin = 8.0 * math.sqrt(m) + 16
         lo = sample.kthvalue(max(1, int(position - margin))).values
         hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
-        above = int((flat > hi).sum())
+        above = int(torch.count_nonzero(flat > hi))
         band = flat[(flat >= lo) & (flat <= hi)]
         need = k - above
         if 1 <= need <= band.numel():
@@ -60,7 +60,7 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = _kth_largest(flat, k)
     chosen = flat > threshold
-    missing = k - int(chosen.sum())
+    missing = k - int(torch.count_nonzero(chosen))
     if missing > 0:
         tied = torch.nonzero(flat == threshold).reshape(-1)
         order = torch.randperm(tied.numel(), generator=generator, device="cpu").to(tied.device)
@@ -69,31 +69,33 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator
 
 
 def select_masks(
-    scores: Mapping[str, torch.Tensor],
+    scores: dict[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],
     density: float,
     scope: str = "global",
     generator: Optional[torch.Generator] = None,
+    release: bool = False,
 ) -> Masks:
     """New masks keeping ``density`` of all weights by score; weights already pruned stay pruned.
 
     ``scope="global"`` keeps exactly ``round(density * total)`` weights with one threshold across tensors;
-    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor.
+    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor. ``release=True`` removes each entry from
+    ``scores`` (a dict) once it is used, so that it can be freed early.
     """
     if scope == "layer":
         return {
-            n: top_k_mask(_live(scores[n], m), min(round(density * m.numel()), int(m.sum())), generator)
+            n: top_k_mask(_live(scores[n], m), min(round(density * m.numel()), int(torch.count_nonzero(m))), generator)
             for n, m in masks.items()
         }
     total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     first = next(iter(masks.values()))
     # One flat buffer filled in place: no per-layer copies on top of it.
     flat = torch.empty(total, dtype=torch.float32, device=first.device)
     start = 0
     for n, m in masks.items():
         view = flat[start:start + m.numel()]
-        view.copy_(scores[n].reshape(-1))
+        view.copy_((scores.pop(n) if release else scores[n]).reshape(-1))
         view.masked_fill_(~m.reshape(-1), -math.inf)
         start += m.numel()
     chosen = top_k_mask(flat, min(round(density * total), kept), generator)
@@ -125,7 +127,7 @@ def shuffle_masks(masks: Mapping[str, torch.Tensor], generator: Optional[torch.G
     out = {}
     for name, mask in masks.items():
         flat = mask.reshape(-1)
-        kept = int(flat.sum())
+        kept = int(torch.count_nonzero(flat))
         shuffled = flat
         if 0 < kept < flat.numel():
             while torch.equal(shuffled, flat):

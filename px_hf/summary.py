@@ -30,7 +30,7 @@ class PruningSummary:
 
     @classmethod
     def from_masks(cls, masks: Mapping[str, torch.Tensor]) -> "PruningSummary":
-        return cls(tuple(LayerSummary(n, tuple(m.shape), m.numel(), int(m.sum())) for n, m in masks.items()))
+        return cls(tuple(LayerSummary(n, tuple(m.shape), m.numel(), int(torch.count_nonzero(m))) for n, m in masks.items()))
 
     @property
     def params(self) -> int:

@@ -42,6 +42,12 @@ AttentionInterface.register(ATTENTION_IMPLEMENTATION, _px_attention)
 AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, eager_mask)
 
 
+def _is_exact_gelu(module: nn.Module) -> bool:
+    if isinstance(module, nn.GELU):
+        return module.approximate == "none"
+    return type(module).__name__ == "GELUActivation"
+
+
 def _channel_view(module: nn.Module, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Shape a per-channel tensor of ``module`` to broadcast against its input."""
     channels_last = isinstance(module, nn.LayerNorm) and getattr(module, "data_format", "") != "channels_first"
@@ -187,11 +193,13 @@ class LinearizedPasses:
 
     def _activation(self, module: nn.Module, z: torch.Tensor, out: torch.Tensor):
         if self.mode == "real":
+            zd = z.detach()
             if self.activation == "binary" or isinstance(module, nn.ReLU):
-                gate = z.detach() > 0
+                gate = zd > 0
+            elif _is_exact_gelu(module):
+                gate = torch.special.ndtr(zd)  # gelu(z) / z = Phi(z), in one fused op
             else:
-                zd = z.detach()
-                gate = torch.where(zd == 0, torch.full_like(zd, self._slope0[module]), out.detach() / zd)
+                gate = torch.nan_to_num_(out.detach() / zd, nan=self._slope0[module])  # 0/0 only where z == 0
             self._keep(module, gate)
             return None
         if self.mode == "data":
@@ -312,31 +320,28 @@ def pass_parameters(
     roles: dict[str, Role],
     parameters: dict[str, torch.Tensor],
     mode: str,
-    masks: Optional[dict[str, torch.Tensor]] = None,
-    leaves: Optional[dict[str, torch.Tensor]] = None,
+    given: Optional[dict[str, torch.Tensor]] = None,
     bias: str = "zero",
 ) -> dict[str, torch.Tensor]:
     """Parameters to run ``mode`` with (through ``functional_call``), built from the live ones.
 
-    - ``data``: path weights become their masks (unit weights where kept).
+    - ``data``: path weights are unit weights (``given`` carries the masks of the pruned ones).
     - ``path``: path weights become ``theta**2``; ``synflow``: ``|theta|``.
     - Biases are zero (``bias="zero"``) or a weight on a constant unit (1, ``b**2``, ``|b|``); class tokens and
       position embeddings are zero; layer scales are one; norm parameters are read by the norm hooks.
 
-    ``leaves`` maps names to tensors that require grad, standing in for those parameters in the path passes.
+    ``given`` maps names to ready-made tensors used as they are (masks, or squared weights that require grad).
     """
-    masks, leaves = masks or {}, leaves or {}
-    transform = {"path": lambda w: w * w, "synflow": torch.abs}
+    given = given or {}
+    transform = {"path": lambda w: w * w, "synflow": torch.abs, "data": torch.ones_like}
     out = {}
     for name, role in roles.items():
-        p = leaves.get(name, parameters[name].detach())
-        if role is Role.PATH_WEIGHT:
-            out[name] = masks[name].to(p.dtype) if name in masks and mode == "data" else (
-                torch.ones_like(p) if mode == "data" else transform[mode](p))
-        elif role is Role.BIAS:
-            out[name] = torch.zeros_like(p) if bias == "zero" else (
-                torch.ones_like(p) if mode == "data" else transform[mode](p))
-        elif role is Role.ADDITIVE:
+        p = parameters[name].detach()
+        if name in given:
+            out[name] = given[name]
+        elif role is Role.PATH_WEIGHT or (role is Role.BIAS and bias == "path"):
+            out[name] = transform[mode](p)
+        elif role in (Role.BIAS, Role.ADDITIVE):
             out[name] = torch.zeros_like(p)
         elif role is Role.SCALE:
             out[name] = torch.ones_like(p)

@@ -36,6 +36,7 @@ class ScoringContext:
         generator: seeded generator for random choices.
         roles: how each parameter enters the linearized passes.
         all_reduce: reduces tensors across processes (identity when running alone).
+        cache: state a scorer keeps from one round to the next (reused buffers).
     """
 
     model: nn.Module
@@ -48,6 +49,7 @@ class ScoringContext:
     generator: torch.Generator
     roles: dict[str, Role]
     all_reduce: AllReduce = field(default=_no_reduce)
+    cache: dict = field(default_factory=dict)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The prunable parameters by name."""

@@ -62,4 +62,7 @@ def grasp_scores(ctx: ScoringContext) -> Scores:
 def synflow_scores(ctx: ScoringContext) -> Scores:
     """SynFlow (Tanaka et al., 2020): ``|theta| dR/d|theta|`` with ``R`` the summed output of the network with
     absolute weights, linear activations and an all-ones input (data-free)."""
-    return path_gradient_scores(ctx, "synflow")
+    leaves = {n: p.detach().requires_grad_(True) for n, p in ctx.parameters().items()}
+    with torch.enable_grad():
+        given = {n: leaf.abs() for n, leaf in leaves.items()}
+    return path_gradient_scores(ctx, "synflow", leaves, given=given)

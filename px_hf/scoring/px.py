@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 
 from ..modeling.io import forward
@@ -67,14 +68,27 @@ class LogScaledSum:
         self.value, self.log_scale = value, top
 
 
+def _weight_buffers(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """One tensor per prunable weight, kept across rounds: the masks in the data pass, then ``theta**2`` in the
+    path pass. Reusing it bounds PX's extra memory to about one copy of the prunable weights."""
+    buffers = ctx.cache.get("px_buffers")
+    if buffers is None:
+        params = ctx.parameters()
+        buffers = ctx.cache["px_buffers"] = {n: torch.empty_like(p, requires_grad=False) for n, p in params.items()}
+    return buffers
+
+
 def data_term(ctx: ScoringContext) -> torch.Tensor:
     """``Z1 = sum_n z1(x_n)`` over the whole pruning set (all processes), up to a positive factor.
 
     Also leaves every normalization's ``E[rstd**2]`` in ``ctx.passes`` for the path pass.
     """
     passes, model = ctx.passes, ctx.model
-    params = dict(model.named_parameters())
-    data_params = pass_parameters(ctx.roles, params, "data", masks=ctx.masks, bias=ctx.config.px_bias)
+    buffers = _weight_buffers(ctx)
+    for name, buffer in buffers.items():
+        buffer.copy_(ctx.masks[name])
+    data_params = pass_parameters(ctx.roles, dict(model.named_parameters()), "data", given=buffers,
+                                  bias=ctx.config.px_bias)
     z1 = LogScaledSum()
     passes.reset_statistics()
     with torch.no_grad():
@@ -108,17 +122,16 @@ def _ones_forward(ctx: ScoringContext, params: Mapping[str, torch.Tensor]) -> to
     return forward(ctx.model, ones, params)
 
 
-def path_gradient_scores(ctx: ScoringContext, mode: str, weights: Optional[torch.Tensor] = None) -> Scores:
-    """``theta * dR/dtheta`` for ``R = sum_k weights_k * output_k`` of the one-sample ``mode`` pass.
-
-    With ``mode="path"`` the weights enter as ``theta**2`` and the result is ``2 * theta**2 dR/d(theta**2)``;
-    with ``mode="synflow"`` they enter as ``|theta|`` and it is SynFlow's ``|theta| dR/d|theta|``.
-    """
+def path_gradient_scores(
+    ctx: ScoringContext, mode: str, leaves: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
+    weights: Optional[torch.Tensor] = None,
+) -> Scores:
+    """``leaf * dR/d(leaf)`` for ``R = sum_k weights_k * output_k`` of the one-sample ``mode`` pass, where the
+    prunable weights enter as ``given`` (computed from ``leaves``, which require grad)."""
     params = dict(ctx.model.named_parameters())
     with torch.enable_grad():
-        leaves = {n: params[n].detach().requires_grad_(True) for n in ctx.prunable}
         with ctx.passes.run(mode):
-            out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, leaves=leaves, bias=ctx.config.px_bias))
+            out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, given=given, bias=ctx.config.px_bias))
         out = output_vector(out)
         total = out.sum() if weights is None else (weights * out).sum()
         grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
@@ -128,25 +141,38 @@ def path_gradient_scores(ctx: ScoringContext, mode: str, weights: Optional[torch
     }
 
 
+def _sorted(values: torch.Tensor) -> torch.Tensor:
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.sort(values.detach().numpy()))  # about 3x faster than torch.sort on CPU
+    return values.sort().values
+
+
 def transfer_value_density(
-    scores: Scores, weights: Mapping[str, torch.Tensor], blocks: list[AttentionWeights]
+    scores: Scores, ctx: ScoringContext, blocks: list[AttentionWeights]
 ) -> Scores:
     """Give each block's query and key weights the score distribution of its value weights, entries ranked
     by magnitude: a global threshold then keeps the same fraction of Q and K as of V, the largest entries."""
+    weights = ctx.parameters()
+    # Pruning only zeroes weights, so the magnitude order of the live entries never changes: sort once.
+    orders = ctx.cache.setdefault("qk_magnitude_order", {})
     for block in blocks:
         if block.value not in scores:
             continue
-        reference = scores[block.value].reshape(-1).sort().values
+        reference = _sorted(scores[block.value].reshape(-1))
         for name in (block.query, block.key):
             if name not in scores:
                 continue
-            magnitude = weights[name].detach().abs().reshape(-1)
+            if name not in orders:
+                orders[name] = weights[name].detach().abs().reshape(-1).argsort(stable=True)
+            order = orders[name]
+            pruned = ~ctx.masks[name].reshape(-1)[order]
+            order = torch.cat([order[pruned], order[~pruned]])  # pruned entries rank lowest
             values = reference
-            if reference.numel() != magnitude.numel():
-                positions = torch.linspace(0, reference.numel() - 1, magnitude.numel(), device=reference.device)
+            if reference.numel() != order.numel():
+                positions = torch.linspace(0, reference.numel() - 1, order.numel(), device=reference.device)
                 values = reference[positions.round().long()]
             transferred = torch.empty_like(values)
-            transferred[magnitude.argsort(stable=True)] = values
+            transferred[order] = values
             scores[name] = transferred.reshape(scores[name].shape)
     return scores
 
@@ -154,9 +180,16 @@ def transfer_value_density(
 def px_scores(ctx: ScoringContext) -> Scores:
     """PX saliencies of ``ctx.prunable`` on the current masked model (non-negative)."""
     z1 = data_term(ctx)
-    scores = path_gradient_scores(ctx, "path", weights=z1)
-    # theta * dR/dtheta = 2 theta**2 dR/d(theta**2): halve to get the paper's saliency.
-    scores = {n: s.mul_(0.5) for n, s in scores.items()}
+    squared = _weight_buffers(ctx)
+    with torch.no_grad():
+        for name, param in ctx.parameters().items():
+            torch.mul(param, param, out=squared[name])
+    leaves = {n: b.requires_grad_(True) for n, b in squared.items()}
+    try:
+        scores = path_gradient_scores(ctx, "path", leaves, given=leaves, weights=z1)
+    finally:
+        for buffer in squared.values():
+            buffer.requires_grad_(False)
     if ctx.config.qk_scores == "value":
-        scores = transfer_value_density(scores, ctx.parameters(), attention_blocks(ctx.model))
+        scores = transfer_value_density(scores, ctx, attention_blocks(ctx.model))
     return scores
