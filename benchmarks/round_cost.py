@@ -3,7 +3,8 @@
 For ResNet-50, ConvNeXt-Tiny and ViT-Base sized configs (random init, 224 px, batch 8 by default), measures:
 - the time of one no-grad forward pass in eval mode (median of several);
 - the time of one PX round (scoring, selection, masking), as the median gap between successive rounds;
-- the extra resident memory of each over the memory held before it (model, data), sampled every 2 ms;
+- the extra resident memory of each over the memory held before it (model, data), sampled every 2 ms, and of a
+  forward pass with autograd on (the memory one forward pass's activations take);
 and prints and saves the ratios. Targets (issue #2): a round costs at most 3.5 forward passes, and its extra memory
 is at most one copy of the parameters plus one forward pass's extra memory.
 
@@ -72,14 +73,16 @@ def _measure(kind: str, family: str, batch: int, repeats: int, queue) -> None:
     model, x = _setup(family, batch)
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     before = psutil.Process().memory_info().rss
-    if kind == "forward":
+    if kind in ("forward", "forward_grad"):
+        # "forward": inference, activations freed as it goes; "forward_grad": the activations autograd keeps.
         model.eval()
         times = []
-        with PeakRSS() as peak, torch.no_grad():
-            forward(model, x)  # warm-up
+        with PeakRSS() as peak, torch.set_grad_enabled(kind == "forward_grad"):
+            out = forward(model, x)  # warm-up
             for _ in range(repeats):
+                del out
                 start = time.perf_counter()
-                forward(model, x)
+                out = forward(model, x)
                 times.append(time.perf_counter() - start)
     else:
         stamps = []
@@ -113,13 +116,15 @@ def main() -> None:
     rows = []
     for family in args.models:
         fwd = _run("forward", family, args.batch, args.repeats)
+        fwd_grad = _run("forward_grad", family, args.batch, 1)
         px = _run("round", family, args.batch, args.repeats)
-        budget = fwd["params_bytes"] + fwd["extra_bytes"]
+        budget = fwd["params_bytes"] + fwd_grad["extra_bytes"]
         rows.append({
             "model": FAMILY_NAMES[family], "params": fwd["params"], "batch": args.batch,
             "forward_s": fwd["seconds"], "px_round_s": px["seconds"],
             "round_over_forward": px["seconds"] / fwd["seconds"],
-            "forward_extra_mb": fwd["extra_bytes"] / 2**20, "px_extra_mb": px["extra_bytes"] / 2**20,
+            "forward_extra_mb": fwd["extra_bytes"] / 2**20, "activations_mb": fwd_grad["extra_bytes"] / 2**20,
+            "px_extra_mb": px["extra_bytes"] / 2**20,
             "params_mb": fwd["params_bytes"] / 2**20,
             "px_extra_over_budget": px["extra_bytes"] / budget,
         })
@@ -128,16 +133,21 @@ def main() -> None:
     lines = [
         f"One PX round vs one forward pass (224 px, batch {args.batch}, float32, {os.cpu_count()} CPU threads)",
         "",
-        "| model | params | forward (s) | PX round (s) | round / forward | forward extra (MB) | PX extra (MB) "
-        "| params (MB) | PX extra / (params + forward extra) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | forward (s) | PX round (s) | round / forward | params (MB) | inference peak (MB) "
+        "| activations (MB) | PX extra (MB) | PX extra / (params + activations) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['forward_s']:.2f} | {r['px_round_s']:.2f} | "
-            f"{r['round_over_forward']:.2f} | {r['forward_extra_mb']:.0f} | {r['px_extra_mb']:.0f} | "
-            f"{r['params_mb']:.0f} | {r['px_extra_over_budget']:.2f} |"
+            f"{r['round_over_forward']:.2f} | {r['params_mb']:.0f} | {r['forward_extra_mb']:.0f} | "
+            f"{r['activations_mb']:.0f} | {r['px_extra_mb']:.0f} | {r['px_extra_over_budget']:.2f} |"
         )
+    lines += [
+        "",
+        "Inference peak: extra memory of a no-grad forward (activations freed as it goes). Activations: extra memory",
+        "of a forward with autograd on, which keeps every activation. PX extra: extra memory of a whole PX round.",
+    ]
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(args.out, exist_ok=True)

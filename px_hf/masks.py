@@ -25,26 +25,56 @@ def density_schedule(density: float, rounds: int, schedule: str = "exponential")
 _SAMPLE = 1 << 16
 
 
-def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry of a 1-D tensor (1 <= k <= numel).
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1)
 
-    On large tensors a strided sample brackets the answer and only the entries in that bracket are searched,
-    which is several times faster than a full selection; the result is exact either way.
+
+def _kth_largest(scores: list[torch.Tensor], live: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The k-th largest live score across several tensors (1 <= k <= number of live entries).
+
+    A strided sample brackets the answer and only the live entries inside the bracket are gathered, so no copy of
+    all the scores is ever made; the result is exact (a full selection is the fallback).
     """
-    n = flat.numel()
-    if n > 16 * _SAMPLE:
-        sample = flat[:: n // _SAMPLE]
+    total = sum(s.numel() for s in scores)
+    if total > 16 * _SAMPLE:
+        step = total // _SAMPLE
+        sample = torch.cat([_flat(s)[::step].float().masked_fill(~_flat(m)[::step], -math.inf)
+                            for s, m in zip(scores, live)])
         m = sample.numel()
-        position = m * (1.0 - k / n)
+        position = m * (1.0 - k / total)
         margin = 8.0 * math.sqrt(m) + 16
         lo = sample.kthvalue(max(1, int(position - margin))).values
         hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
-        above = int(torch.count_nonzero(flat > hi))
-        band = flat[(flat >= lo) & (flat <= hi)]
+        above = sum(int(torch.count_nonzero((s > hi) & m)) for s, m in zip(scores, live))
+        band = torch.cat([s[(s >= lo) & (s <= hi) & m].float() for s, m in zip(scores, live)])
         need = k - above
         if 1 <= need <= band.numel():
             return band.kthvalue(band.numel() - need + 1).values
-    return flat.kthvalue(n - k + 1).values
+    flat = torch.cat([_flat(s).float().masked_fill(~_flat(m), -math.inf) for s, m in zip(scores, live)])
+    return flat.kthvalue(flat.numel() - k + 1).values
+
+
+def _top_k(
+    scores: list[torch.Tensor], live: list[torch.Tensor], k: int, generator: Optional[torch.Generator]
+) -> list[torch.Tensor]:
+    """Masks selecting exactly ``k`` of the live entries with the largest scores, across tensors; ties at the
+    threshold are chosen at random (seeded by ``generator``) so they never change the count."""
+    available = sum(int(torch.count_nonzero(m)) for m in live)
+    if k >= available:
+        return [m.clone() for m in live]
+    if k <= 0:
+        return [torch.zeros_like(m) for m in live]
+    threshold = _kth_largest(scores, live, k)
+    chosen = [(s > threshold) & m for s, m in zip(scores, live)]
+    missing = k - sum(int(torch.count_nonzero(c)) for c in chosen)
+    if missing > 0:
+        tied = [torch.nonzero(_flat((s == threshold) & m)).reshape(-1) for s, m in zip(scores, live)]
+        owner = torch.cat([torch.full_like(t, i) for i, t in enumerate(tied)])
+        pick = torch.randperm(owner.numel(), generator=generator, device="cpu").to(owner.device)[:missing]
+        positions = torch.cat(tied)[pick]
+        for i in torch.unique(owner[pick]).tolist():
+            _flat(chosen[i])[positions[owner[pick] == i]] = True
+    return chosen
 
 
 def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -52,64 +82,27 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: Optional[torch.Generator
 
     Entries tied at the threshold are chosen at random (seeded by ``generator``), so ties never change the count.
     """
-    flat = scores.reshape(-1)
-    n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    threshold = _kth_largest(flat, k)
-    chosen = flat > threshold
-    missing = k - int(torch.count_nonzero(chosen))
-    if missing > 0:
-        tied = torch.nonzero(flat == threshold).reshape(-1)
-        order = torch.randperm(tied.numel(), generator=generator, device="cpu").to(tied.device)
-        chosen[tied[order[:missing]]] = True
-    return chosen.reshape(scores.shape)
+    return _top_k([scores], [torch.ones_like(scores, dtype=torch.bool)], k, generator)[0]
 
 
 def select_masks(
-    scores: dict[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],
     density: float,
     scope: str = "global",
     generator: Optional[torch.Generator] = None,
-    release: bool = False,
 ) -> Masks:
     """New masks keeping ``density`` of all weights by score; weights already pruned stay pruned.
 
     ``scope="global"`` keeps exactly ``round(density * total)`` weights with one threshold across tensors;
-    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor. ``release=True`` removes each entry from
-    ``scores`` (a dict) once it is used, so that it can be freed early.
+    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor.
     """
+    names = list(masks)
     if scope == "layer":
-        return {
-            n: top_k_mask(_live(scores[n], m), min(round(density * m.numel()), int(torch.count_nonzero(m))), generator)
-            for n, m in masks.items()
-        }
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-    first = next(iter(masks.values()))
-    # One flat buffer filled in place: no per-layer copies on top of it.
-    flat = torch.empty(total, dtype=torch.float32, device=first.device)
-    start = 0
-    for n, m in masks.items():
-        view = flat[start:start + m.numel()]
-        view.copy_((scores.pop(n) if release else scores[n]).reshape(-1))
-        view.masked_fill_(~m.reshape(-1), -math.inf)
-        start += m.numel()
-    chosen = top_k_mask(flat, min(round(density * total), kept), generator)
-    del flat
-    out, start = {}, 0
-    for n, m in masks.items():
-        out[n] = chosen[start:start + m.numel()].reshape(m.shape)
-        start += m.numel()
-    return out
-
-
-def _live(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # A pruned weight must never come back, whatever its score.
-    return score.float().masked_fill(~mask, -math.inf)
+        return {n: _top_k([scores[n]], [masks[n]], round(density * masks[n].numel()), generator)[0] for n in names}
+    total = sum(masks[n].numel() for n in names)
+    chosen = _top_k([scores[n] for n in names], [masks[n] for n in names], round(density * total), generator)
+    return dict(zip(names, chosen))
 
 
 @torch.no_grad()

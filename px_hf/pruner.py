@@ -147,8 +147,7 @@ class PXPruner:
                 scores = None  # free the previous round's scores before computing new ones
                 scores = scorer(ctx)
                 self._check_scores(scores, round_index)
-                last = round_index == len(schedule) - 1
-                masks = select_masks(scores, masks, density, config.scope, generator, release=not last)
+                masks = select_masks(scores, masks, density, config.scope, generator)
                 apply_masks(params, masks)
                 bar.set_postfix(density=f"{density:.4f}")
                 if callback is not None:

@@ -124,21 +124,47 @@ def _ones_forward(ctx: ScoringContext, params: Mapping[str, torch.Tensor]) -> to
 
 def path_gradient_scores(
     ctx: ScoringContext, mode: str, leaves: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
-    weights: Optional[torch.Tensor] = None,
+    weights: Optional[torch.Tensor] = None, into_leaves: bool = False,
 ) -> Scores:
     """``leaf * dR/d(leaf)`` for ``R = sum_k weights_k * output_k`` of the one-sample ``mode`` pass, where the
-    prunable weights enter as ``given`` (computed from ``leaves``, which require grad)."""
+    prunable weights enter as ``given`` (computed from ``leaves``, which require grad).
+
+    With ``into_leaves`` each leaf is overwritten by its score as soon as its gradient is ready, and the gradient
+    is dropped, so the scores cost no memory beyond the leaves (which must be scratch tensors).
+    """
     params = dict(ctx.model.named_parameters())
     with torch.enable_grad():
         with ctx.passes.run(mode):
             out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, given=given, bias=ctx.config.px_bias))
         out = output_vector(out)
         total = out.sum() if weights is None else (weights * out).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
-    return {
-        n: torch.zeros_like(leaf) if g is None else g.mul_(leaf.detach())
-        for (n, leaf), g in zip(leaves.items(), grads)
-    }
+        if not into_leaves:
+            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+            return {
+                n: torch.zeros_like(leaf) if g is None else g.mul_(leaf.detach())
+                for (n, leaf), g in zip(leaves.items(), grads)
+            }
+
+        reached: set[int] = set()
+
+        def to_score(leaf: torch.Tensor) -> None:
+            # The leaf's own backward node has run: overwriting it cannot corrupt the remaining backward.
+            with torch.no_grad():
+                leaf.mul_(leaf.grad)
+            leaf.grad = None
+            reached.add(id(leaf))
+
+        handles = [leaf.register_post_accumulate_grad_hook(to_score) for leaf in leaves.values()]
+        try:
+            total.backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+    with torch.no_grad():
+        for leaf in leaves.values():
+            if id(leaf) not in reached:  # not on any path to the output: no gradient, score 0
+                leaf.zero_()
+    return {n: leaf.detach() for n, leaf in leaves.items()}
 
 
 def _sorted(values: torch.Tensor) -> torch.Tensor:
@@ -186,7 +212,7 @@ def px_scores(ctx: ScoringContext) -> Scores:
             torch.mul(param, param, out=squared[name])
     leaves = {n: b.requires_grad_(True) for n, b in squared.items()}
     try:
-        scores = path_gradient_scores(ctx, "path", leaves, given=leaves, weights=z1)
+        scores = path_gradient_scores(ctx, "path", leaves, given=leaves, weights=z1, into_leaves=True)
     finally:
         for buffer in squared.values():
             buffer.requires_grad_(False)
