@@ -42,12 +42,6 @@ AttentionInterface.register(ATTENTION_IMPLEMENTATION, _px_attention)
 AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, eager_mask)
 
 
-def _is_exact_gelu(module: nn.Module) -> bool:
-    if isinstance(module, nn.GELU):
-        return module.approximate == "none"
-    return type(module).__name__ == "GELUActivation"
-
-
 def _channel_view(module: nn.Module, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Shape a per-channel tensor of ``module`` to broadcast against its input."""
     channels_last = isinstance(module, nn.LayerNorm) and getattr(module, "data_format", "") != "channels_first"
@@ -138,8 +132,16 @@ class LinearizedPasses:
         self._norm_count.clear()
 
     def statistics(self) -> list[torch.Tensor]:
-        """Per-norm sums of ``rstd**2`` and their counts, in a fixed order (for all-reducing across processes)."""
-        norms = [m for m in self.modules if is_norm(m) and m in self._norm_sum]
+        """Per-norm sums of ``rstd**2`` and their counts, for every norm in a fixed order (for all-reducing across
+        processes: a process that saw no data contributes zeros of the same shapes)."""
+        norms = [m for m in self.modules if is_norm(m)]
+        for m in norms:
+            if m not in self._norm_sum:
+                like = next(iter(m.parameters()), None)
+                like = like if like is not None else next(iter(m.buffers()), torch.zeros(()))
+                shape = (m.num_features,) if isinstance(m, _BatchNorm) else ()
+                self._norm_sum[m] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+                self._norm_count[m] = torch.zeros((), device=like.device)
         return [self._norm_sum[m] for m in norms] + [self._norm_count[m] for m in norms]
 
     # ------------------------------------------------------------------------------------------------ hooks
@@ -165,7 +167,7 @@ class LinearizedPasses:
             return not (is_max_pool(module) and self.mode != "data")
         if is_max_pool(module):
             return True
-        return isinstance(module, _BatchNorm) and self._batch_statistics(module)
+        return is_norm(module) and not (isinstance(module, _BatchNorm) and not self._batch_statistics(module))
 
     def _save_input(self, module: nn.Module, args):
         if self.mode == "off":
@@ -196,10 +198,9 @@ class LinearizedPasses:
             zd = z.detach()
             if self.activation == "binary" or isinstance(module, nn.ReLU):
                 gate = zd > 0
-            elif _is_exact_gelu(module):
-                gate = torch.special.ndtr(zd)  # gelu(z) / z = Phi(z), in one fused op
             else:
-                gate = torch.nan_to_num_(out.detach() / zd, nan=self._slope0[module])  # 0/0 only where z == 0
+                # phi(z) / z (Phi(z) for GELU) from the module's own output: two passes; 0/0 only where z == 0.
+                gate = torch.nan_to_num_(out.detach() / zd, nan=self._slope0[module])
             self._keep(module, gate)
             return None
         if self.mode == "data":
@@ -213,35 +214,34 @@ class LinearizedPasses:
         """Whether a BatchNorm normalizes with the batch's statistics (rather than running ones) in the real pass."""
         return not (self.norm == "running" and module.running_var is not None)
 
-    def _norm_stats(self, module: nn.Module, z: torch.Tensor) -> torch.Tensor:
-        """Inverse standard deviation that ``module`` applies to ``z`` (LayerNorm, GroupNorm, running-statistics
-        BatchNorm), broadcastable against ``z``."""
+    def _normalize(self, module: nn.Module, z: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+        """The real output of ``module`` on ``z`` (``None``: the module's own) and the inverse standard deviation
+        it applied, broadcastable against ``z``. Fused ATen kernels give both in one pass, differentiably (for
+        the gradient-based baselines) and without touching BatchNorm's running buffers."""
+        ndim = z.dim()
+        channel = (1, -1, *([1] * (ndim - 2)))
         if isinstance(module, _BatchNorm):
-            return torch.rsqrt(module.running_var + module.eps).reshape(1, -1, *([1] * (z.dim() - 2)))
+            if not self._batch_statistics(module):
+                return None, torch.rsqrt(module.running_var + module.eps).reshape(channel)
+            out, _, rstd = torch.native_batch_norm(z, module.weight, module.bias, None, None, True, 0.0, module.eps)
+            return out, rstd.reshape(channel)
         if isinstance(module, nn.GroupNorm):
             n, c = z.shape[:2]
-            var, _ = torch.var_mean(z.reshape(n, module.num_groups, -1), -1, unbiased=False, keepdim=True)
-            rstd = torch.rsqrt(var + module.eps).repeat_interleave(c // module.num_groups, 1)
-            return rstd.reshape(n, c, *([1] * (z.dim() - 2)))
+            out, _, rstd = torch.native_group_norm(z, module.weight, module.bias, n, c, z[0, 0].numel(),
+                                                   module.num_groups, module.eps)
+            return out, rstd.repeat_interleave(c // module.num_groups, 1).reshape(n, c, *([1] * (ndim - 2)))
         if getattr(module, "data_format", "") == "channels_first":
-            dims = (1,)
-        else:
-            dims = tuple(range(-len(module.normalized_shape), 0))
-        var, _ = torch.var_mean(z, dims, unbiased=False, keepdim=True)
-        return torch.rsqrt(var + module.eps)
+            out, _, rstd = torch.native_layer_norm(z.movedim(1, -1), module.normalized_shape, module.weight,
+                                                   module.bias, module.eps)
+            return out.movedim(-1, 1), rstd.movedim(-1, 1)
+        out, _, rstd = torch.native_layer_norm(z, module.normalized_shape, module.weight, module.bias, module.eps)
+        return out, rstd
 
     def _normalization(self, module: nn.Module, z: torch.Tensor):
         gamma = module.weight
         ndim = z.dim()
         if self.mode == "real":
-            out = None
-            if isinstance(module, _BatchNorm) and self._batch_statistics(module):
-                # The model runs in eval mode; BatchNorm on batch statistics is computed here (differentiably,
-                # for the gradient baselines) without touching the running buffers.
-                out, _, rstd = torch.native_batch_norm(z, gamma, module.bias, None, None, True, 0.0, module.eps)
-                rstd = rstd.reshape(1, -1, *([1] * (ndim - 2)))
-            else:
-                rstd = self._norm_stats(module, z)
+            out, rstd = self._normalize(module, z)
             if self.record:
                 rstd = rstd.detach()
                 self._keep(module, rstd)
@@ -260,7 +260,7 @@ class LinearizedPasses:
             gamma = _channel_view(module, gamma.detach().abs(), ndim)
             if math.prod(torch.broadcast_shapes(gain.shape, gamma.shape)) < z.numel():
                 return z * (gain * gamma)  # per-channel factors: one pass over the activations, not two
-            return z * gain * gamma
+            return torch.mul(z, gain).mul_(gamma)
         if self.mode == "path":
             count = self._norm_count.get(module)
             gain = 1.0
@@ -288,11 +288,17 @@ class LinearizedPasses:
         if self.mode in ("off", "real"):
             return None
         tensor = out[0] if isinstance(out, tuple) else out
-        scale = torch.linalg.vector_norm(tensor.detach(), 1) / tensor.numel()
-        if not torch.isfinite(scale) or scale <= 0:
+        # Any positive scalar keeps the passes exact up to a common factor; the mean magnitude of a strided
+        # sample is enough to keep values near 1 and costs nothing next to a full reduction.
+        flat = tensor.detach().reshape(-1)
+        scale = float(flat[:: max(1, flat.numel() // 4096)].abs().mean())
+        if not scale > 0:
+            scale = float(torch.linalg.vector_norm(flat, 1)) / flat.numel()
+        if not (math.isfinite(scale) and scale > 0):
             return None
-        self.log_scale += math.log(float(scale))
-        scaled = tensor / scale
+        self.log_scale += math.log(scale)
+        # In the no-grad data pass the block's output has no other user, so it is rescaled in place.
+        scaled = tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale
         return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
 
     def attention(self, module, query, key, value, attention_mask, scaling: Optional[float]):
