@@ -116,7 +116,7 @@ def prune_command(args: argparse.Namespace) -> int:
     print(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
           f"in {config.num_rounds} round(s) on {description}")
     start = time.perf_counter()
-    pruner.prune(data, progress=not args.no_progress, **data_kwargs)
+    pruner.prune(data, progress=not args.no_progress, source=description, **data_kwargs)
     elapsed = time.perf_counter() - start
     summary = pruner.summary()
     print(summary)

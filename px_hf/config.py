@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from .errors import ConfigError
 
@@ -132,3 +135,54 @@ class PXConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serializable values."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PXConfig":
+        """Build a config from :meth:`to_dict` output; keys this version does not know are ignored with a warning
+        (a config written by a newer px_hf still loads)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            from . import __version__
+
+            warnings.warn(f"ignoring PXConfig keys unknown to px_hf {__version__}: {unknown} "
+                          "(written by a newer px_hf?)", stacklevel=2)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the config alone to ``directory/pruning_config.json``."""
+        from . import __version__
+        from .hub.save import PRUNING_CONFIG_FILE
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
+            json.dump({"px_hf_version": __version__, "config": self.to_dict()}, handle, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: Optional[str] = None,
+                        token: Optional[str] = None) -> "PXConfig":
+        """Read the config from a directory or Hub repo holding a ``pruning_config.json`` (a pruned model's or
+        one written by :meth:`save_pretrained`)."""
+        from .hub.save import PRUNING_CONFIG_FILE
+
+        path = os.path.join(name_or_path, PRUNING_CONFIG_FILE)
+        if not os.path.isdir(name_or_path):
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(name_or_path, PRUNING_CONFIG_FILE, revision=revision, token=token)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name_or_path} has no {PRUNING_CONFIG_FILE}")
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data.get("config", data))
+
+    def push_to_hub(self, repo_id: str, private: Optional[bool] = None, commit_message: Optional[str] = None,
+                    token: Optional[str] = None):
+        """Upload the config alone to ``repo_id`` (created if needed) in one commit; returns the CommitInfo."""
+        from .hub.remote import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, private=private, token=token,
+                           commit_message=commit_message or "Upload px_hf pruning config")

@@ -27,13 +27,15 @@ class PruningSet:
         inputs: model inputs, shape ``(N, ...)``.
         labels: integer labels ``(N,)``, or ``None`` for unlabeled data.
         indices: position of each example in the data it was drawn from.
-        source: a short description of that data.
+        source: a short description of that data (dataset name, ``tensors``, ``DataLoader``).
+        split: the dataset split, when known.
     """
 
     inputs: torch.Tensor
     labels: Optional[torch.Tensor]
     indices: list[int]
     source: str
+    split: Optional[str] = None
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -181,8 +183,8 @@ def _from_dataset(
                         "transform= to turn them into tensors")
     name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "datasets.Dataset"
     split = getattr(dataset, "split", None)
-    return PruningSet(inputs, None if labels is None else labels[indices], indices,
-                      f"{name}" + (f" ({split})" if split else ""))
+    return PruningSet(inputs, None if labels is None else labels[indices], indices, name,
+                      None if split is None else str(split))
 
 
 def build_pruning_set(

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .config import PXConfig
 from .data import PruningSet, build_pruning_set
-from .errors import DataError
+from .errors import DataError, ModelError
 from .masks import apply_masks, density_schedule, select_masks, shuffle_masks
 from .modeling.io import forward
 from .modeling.passes import LinearizedPasses
@@ -46,14 +46,43 @@ class PXPruner:
         self.masks: dict[str, torch.Tensor] = {}
         self.scores: dict[str, torch.Tensor] = {}
         self.pruning_set: Optional[PruningSet] = None
+        self._saved_record: dict[str, Any] = {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, config: Optional[PXConfig] = None, **model_kwargs: Any) -> "PXPruner":
-        """Load a model with ``AutoModelForImageClassification`` (Hub id or local directory) and wrap it."""
-        from transformers import AutoModelForImageClassification
+    def from_pretrained(
+        cls, name_or_path: str, config: Optional[PXConfig] = None, *, model: Optional[nn.Module] = None,
+        revision: Optional[str] = None, token: Optional[str] = None, **model_kwargs: Any,
+    ) -> "PXPruner":
+        """Load a model from a local directory or a Hub repo.
 
-        model = AutoModelForImageClassification.from_pretrained(name_or_path, **model_kwargs)
-        return cls(model, config)
+        When it holds a pruned model (a ``pruning_config.json``), the model and its masks are restored exactly:
+        the mask file's hash is verified, and the weights must be zero wherever the masks prune; ``config``
+        defaults to the saved one. Otherwise the model is loaded with transformers'
+        ``AutoModelForImageClassification``, ready to prune with ``config``.
+
+        Args:
+            model: a module to load the saved weights into (needed for models that are not transformers models).
+            revision, token: Hub revision and token.
+            model_kwargs: passed to transformers' ``from_pretrained``.
+        """
+        from .hub.load import load_pruned, read_record
+        from .hub.remote import local_directory
+
+        directory = local_directory(name_or_path, revision=revision, token=token)
+        record = read_record(directory) if directory is not None else None
+        if record is None:
+            if model is not None:
+                raise ModelError(f"{name_or_path} holds no pruned model (no pruning_config.json)")
+            from transformers import AutoModelForImageClassification
+
+            model = AutoModelForImageClassification.from_pretrained(
+                name_or_path, revision=revision, token=token, **model_kwargs)
+            return cls(model, config)
+        model, masks = load_pruned(directory, record, model=model, **model_kwargs)
+        pruner = cls(model, config if config is not None else PXConfig.from_dict(record["config"]))
+        pruner.masks = masks
+        pruner._saved_record = record
+        return pruner
 
     # --------------------------------------------------------------------------------------------- pruning
     def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
@@ -97,6 +126,7 @@ class PXPruner:
         label_column: Optional[str] = None,
         callback: Optional[RoundCallback] = None,
         progress: bool = True,
+        source: Optional[str] = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the masks and zero the pruned weights of ``self.model`` in place.
 
@@ -107,6 +137,7 @@ class PXPruner:
             image_processor, transform, image_column, label_column: how to read a ``datasets.Dataset``.
             callback: called after each round as ``callback(round, density, masks)``.
             progress: show a progress bar over the rounds.
+            source: a name for the pruning data, recorded in the pruning config (e.g. ``"cifar10"``).
 
         Returns:
             A dict from parameter name to a bool mask (True = kept).
@@ -119,6 +150,8 @@ class PXPruner:
         else:
             pruning_set = build_pruning_set(data, config.examples_per_class, config.seed, image_processor,
                                             transform, image_column, label_column)
+            if source is not None:
+                pruning_set.source = source
         self.pruning_set = pruning_set
         device, dtype = self._device_and_dtype()
         params = dict(self.model.named_parameters())
@@ -185,40 +218,73 @@ class PXPruner:
         return PruningSummary.from_masks(self.masks)
 
     def pruning_record(self) -> dict[str, Any]:
-        """What was done: the config, the achieved density, the pruning set and the software versions."""
+        """What was done: the config, the achieved density, the pruning set, the base model and the versions."""
         import transformers
 
         from . import __version__
 
         summary = self.summary()
-        pruning_set = self.pruning_set
-        return {
+        model_config = getattr(self.model, "config", None)
+        record = dict(self._saved_record)  # a loaded model keeps what was recorded when it was pruned
+        record.update({
             "px_hf_version": __version__,
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
             "config": self.config.to_dict(),
+            "scorer": self.config.scorer,
+            "schedule": self.config.schedule,
+            "scope": self.config.scope,
             "rounds": self.config.num_rounds,
-            "target_density": self.config.density,
+            "target_density": round(self.config.density, 12),
             "achieved_density": summary.density,
             "prunable_params": summary.params,
             "kept_params": summary.kept,
-            "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None) or None,
             "architecture": type(self.model).__name__,
-            "pruning_set": None if pruning_set is None else {
-                "source": pruning_set.source,
-                "examples": len(pruning_set),
+        })
+        record.setdefault("base_model", {
+            "name": getattr(model_config, "_name_or_path", None) or None,
+            "revision": getattr(model_config, "_commit_hash", None),
+        })
+        if self.pruning_set is not None:
+            record["pruning_set"] = {
+                "source": self.pruning_set.source,
+                "split": self.pruning_set.split,
+                "examples": len(self.pruning_set),
                 "examples_per_class": self.config.examples_per_class,
                 "seed": self.config.seed,
-                "indices_sha256": pruning_set.indices_sha256,
-            },
-        }
+                "indices_sha256": self.pruning_set.indices_sha256,
+            }
+        record.setdefault("pruning_set", None)
+        return record
 
-    def save_pretrained(self, directory: str) -> None:
-        """Save the pruned model (transformers layout, exact zeros), ``px_masks.safetensors`` (one bit per
-        weight) and ``pruning_config.json`` to ``directory``."""
-        from .hub.save import save_pruned
+    def save_pretrained(self, directory: str, compact: bool = False) -> None:
+        """Save the pruned model to ``directory``.
 
-        save_pruned(self.model, self.masks, self.pruning_record(), directory)
+        Writes the transformers layout (``config.json``, ``model.safetensors`` with exact zeros, loadable by plain
+        ``AutoModelForImageClassification``), ``px_masks.safetensors`` (one bit per weight),
+        ``pruning_config.json`` and a model card with a density plot. ``compact=True`` stores only the kept
+        values (``px_compact.safetensors``, a quarter of the dense size or less at 90% sparsity), which only
+        px_hf loads. The directory is written elsewhere first and moved into place when complete.
+        """
+        from .hub.save import save_atomically, write_pruned
+
+        record = self.pruning_record()
+        save_atomically(directory, lambda folder: write_pruned(folder, self.model, self.masks, record, compact))
+
+    def push_to_hub(
+        self, repo_id: str, private: Optional[bool] = None, commit_message: Optional[str] = None,
+        token: Optional[str] = None, compact: bool = False, revision: Optional[str] = None,
+    ):
+        """Upload everything :meth:`save_pretrained` writes to ``repo_id`` in one commit, creating the repo if
+        needed. Returns huggingface_hub's ``CommitInfo``."""
+        from .hub.remote import push_folder
+        from .hub.save import write_pruned
+
+        record = self.pruning_record()
+        return push_folder(
+            lambda folder: write_pruned(folder, self.model, self.masks, record, compact, repo_id=repo_id),
+            repo_id, private=private, commit_message=commit_message, token=token, revision=revision,
+        )
 
     def __repr__(self) -> str:
         state = f"density={self.summary().density:.4f}" if self.masks else "not pruned"

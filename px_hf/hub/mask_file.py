@@ -8,25 +8,36 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import PXError
 
 MASK_FILE = "px_masks.safetensors"
+MASK_FORMAT = "px_hf.packbits.v1"
 
 
-def pack_masks(masks: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Bit-pack bool masks into uint8 tensors; the shapes go to the safetensors metadata."""
-    packed, shapes = {}, {}
-    for name, mask in masks.items():
-        bits = np.packbits(mask.detach().cpu().reshape(-1).numpy().astype(np.uint8))
-        packed[name] = torch.from_numpy(bits)
-        shapes[name] = list(mask.shape)
-    return packed, {"shapes": json.dumps(shapes), "format": "px_hf.packbits.v1"}
+class PrunedModelError(PXError):
+    """A saved pruned model that cannot be restored exactly (missing, corrupt or inconsistent files)."""
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, eight entries a byte (big-endian bit order, as numpy.packbits)."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().reshape(-1).numpy().astype(np.uint8)))
+
+
+def unpack_bits(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`."""
+    count = int(np.prod(shape)) if shape else 1
+    bits = np.unpackbits(packed.numpy())[:count]
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
 def save_masks(masks: Mapping[str, torch.Tensor], path: str) -> str:
-    """Write ``masks`` to ``path``; return the file's sha256."""
-    packed, metadata = pack_masks(masks)
-    save_file(packed, path, metadata=metadata)
+    """Write ``masks`` to ``path`` (shapes in the safetensors metadata); return the file's sha256."""
+    packed = {name: pack_bits(mask) for name, mask in masks.items()}
+    shapes = {name: list(mask.shape) for name, mask in masks.items()}
+    save_file(packed, path, metadata={"format": MASK_FORMAT, "shapes": json.dumps(shapes)})
     return file_sha256(path)
 
 
@@ -39,16 +50,20 @@ def file_sha256(path: str) -> str:
 
 
 def load_masks(path: str) -> dict[str, torch.Tensor]:
-    """Read a mask file written by :func:`save_masks`."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    shapes = json.loads(metadata["shapes"])
-    packed = load_file(path)
-    masks = {}
-    for name, shape in shapes.items():
-        count = int(np.prod(shape)) if shape else 1
-        bits = np.unpackbits(packed[name].numpy())[:count]
-        masks[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
+    """Read a mask file written by :func:`save_masks`; a damaged file raises :class:`PrunedModelError`."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != MASK_FORMAT:
+                raise PrunedModelError(f"{path} is not a px_hf mask file (format {metadata.get('format')!r})")
+            shapes = json.loads(metadata["shapes"])
+            masks = {}
+            for name, shape in shapes.items():
+                packed = handle.get_tensor(name)
+                if packed.numel() != (int(np.prod(shape)) + 7) // 8:
+                    raise PrunedModelError(f"{path}: the mask of {name} has {packed.numel()} bytes, which does not "
+                                           f"fit its shape {shape}")
+                masks[name] = unpack_bits(packed, shape)
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise PrunedModelError(f"the mask file {path} is corrupt or truncated: {err}") from err
     return masks

@@ -1,4 +1,4 @@
-"""Write a pruned model to a directory: transformers layout, masks and pruning config, atomically."""
+"""Write a pruned model to a directory: transformers layout, masks, pruning config and model card, atomically."""
 
 from __future__ import annotations
 
@@ -6,44 +6,81 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from ..summary import PruningSummary
+from .card import write_card
 from .mask_file import MASK_FILE, save_masks
 
 PRUNING_CONFIG_FILE = "pruning_config.json"
+COMPACT_WEIGHTS_FILE = "px_compact.safetensors"
+GENERIC_WEIGHTS_FILE = "model.safetensors"
 
 
-def _save_model(model: nn.Module, directory: str) -> None:
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory; contiguous copies are written instead.
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _save_compact(model: nn.Module, masks: Mapping[str, torch.Tensor], directory: str) -> None:
+    """Kept values only for pruned tensors (their positions are in the mask file); everything else dense."""
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach()
+        tensors[name] = value[masks[name]].contiguous() if name in masks else value.contiguous().clone()
+    save_file(tensors, os.path.join(directory, COMPACT_WEIGHTS_FILE), metadata={"format": "px_hf.compact.v1"})
+    if hasattr(model, "config"):
+        model.config.save_pretrained(directory)
+
+
+def _save_dense(model: nn.Module, directory: str) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                  os.path.join(directory, "model.safetensors"))
+        save_file(_state_dict(model), os.path.join(directory, GENERIC_WEIGHTS_FILE))
 
 
-def save_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor], record: dict[str, Any], directory: str) -> None:
-    """Save ``model`` (pruned weights are exact zeros), its ``masks`` and the pruning ``record`` to ``directory``.
+def write_pruned(
+    directory: str, model: nn.Module, masks: Mapping[str, torch.Tensor], record: dict[str, Any],
+    compact: bool = False, repo_id: Optional[str] = None,
+) -> dict[str, Any]:
+    """Write everything into an existing empty ``directory``; return the pruning record as written."""
+    if compact:
+        _save_compact(model, masks, directory)
+    else:
+        _save_dense(model, directory)
+    record = dict(record, weights_format="compact" if compact else "dense", mask_file=MASK_FILE,
+                  mask_sha256=save_masks(masks, os.path.join(directory, MASK_FILE)))
+    with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+    write_card(directory, PruningSummary.from_masks(masks), record, repo_id)
+    return record
+
+
+def save_atomically(directory: str, write) -> None:
+    """Call ``write(staging_dir)`` and move the result to ``directory``.
 
     Everything is written to a temporary directory beside the target and moved into place at the end, so an
-    interrupted save never leaves a directory that loads as a wrong model.
+    interrupted save never leaves a directory that loads as a valid but wrong model; a previous save at the same
+    place is replaced only once the new one is complete.
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".px_hf-save-", dir=parent)
     try:
-        _save_model(model, staging)
-        record = dict(record, mask_file=MASK_FILE, mask_sha256=save_masks(masks, os.path.join(staging, MASK_FILE)))
-        with open(os.path.join(staging, PRUNING_CONFIG_FILE), "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-        if os.path.isdir(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        write(staging)
+        if os.path.lexists(directory):
+            old = tempfile.mkdtemp(prefix=".px_hf-old-", dir=parent)
+            os.replace(directory, os.path.join(old, "previous"))
+            os.replace(staging, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

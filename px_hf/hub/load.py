@@ -1,0 +1,161 @@
+"""Restore a pruned model from a directory, exactly, and refuse anything that would not be exact."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .mask_file import MASK_FILE, PrunedModelError, file_sha256, load_masks
+from .save import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, PRUNING_CONFIG_FILE
+
+
+def read_record(directory: str) -> Optional[dict[str, Any]]:
+    """The pruning config of ``directory``, or ``None`` when there is none (an unpruned model)."""
+    path = os.path.join(directory, PRUNING_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise PrunedModelError(f"{path} is not a readable JSON file: {err}") from err
+    if not isinstance(record, dict):
+        raise PrunedModelError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _load_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise PrunedModelError(f"{path} is missing: the weights of the pruned model cannot be restored")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PrunedModelError(f"the weights file {path} is corrupt or truncated: {err}") from err
+
+
+def _transformers_class(directory: str, record: dict[str, Any]):
+    import transformers
+
+    with open(os.path.join(directory, "config.json")) as handle:
+        architectures = json.load(handle).get("architectures") or []
+    name = architectures[0] if architectures else None
+    if name is not None and name != record.get("architecture"):
+        raise PrunedModelError(
+            f"{os.path.join(directory, PRUNING_CONFIG_FILE)} was written for a {record.get('architecture')}, but "
+            f"config.json describes a {name}"
+        )
+    cls = getattr(transformers, name or "", None)
+    return cls or transformers.AutoModelForImageClassification
+
+
+def _load_transformers_model(directory: str, record: dict[str, Any], compact: bool, **kwargs) -> nn.Module:
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise PrunedModelError(f"{directory} has no config.json; pass model= to load into your own module")
+    cls = _transformers_class(directory, record)
+    if compact:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(directory)
+        return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    try:
+        model, info = cls.from_pretrained(directory, use_safetensors=True, output_loading_info=True, **kwargs)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise PrunedModelError(f"cannot load the weights in {directory}: {err}") from err
+    missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
+    if missing:
+        # transformers would silently re-initialize these: a pruned model must never come back half random.
+        raise PrunedModelError(
+            f"the weights in {directory} lack or mis-shape {len(missing)} tensor(s) (e.g. {missing[:3]}); "
+            "the file is truncated or belongs to another model"
+        )
+    return model
+
+
+def _fill_compact(model: nn.Module, directory: str, masks: dict[str, torch.Tensor]) -> None:
+    path = os.path.join(directory, COMPACT_WEIGHTS_FILE)
+    stored = _load_file(path)
+    state = {}
+    for name, value in stored.items():
+        if name in masks:
+            mask = masks[name]
+            if value.numel() != int(torch.count_nonzero(mask)):
+                raise PrunedModelError(f"{path}: {name} stores {value.numel()} values but its mask keeps "
+                                       f"{int(torch.count_nonzero(mask))}")
+            full = torch.zeros(mask.shape, dtype=value.dtype)
+            full[mask] = value
+            value = full
+        state[name] = value
+    _load_state(model, state, path)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise PrunedModelError(
+            f"{path} does not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"shape mismatches {wrong[:3]}"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: dict[str, Any], directory: str) -> None:
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise PrunedModelError(f"{MASK_FILE} in {directory} has a mask for {name}, which "
+                                   f"{type(model).__name__} does not have")
+        if tuple(mask.shape) != tuple(params[name].shape):
+            raise PrunedModelError(f"the mask of {name} has shape {tuple(mask.shape)} but the model's parameter has "
+                                   f"shape {tuple(params[name].shape)}")
+        if torch.count_nonzero(params[name].detach()[~mask.to(params[name].device)]):
+            raise PrunedModelError(
+                f"{name} has non-zero weights at pruned positions: the weights in {directory} do not belong to "
+                "these masks"
+            )
+    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    if record.get("kept_params") is not None and kept != record["kept_params"]:
+        raise PrunedModelError(f"the masks keep {kept} weights but {PRUNING_CONFIG_FILE} records "
+                               f"{record['kept_params']}")
+
+
+def load_pruned(
+    directory: str, record: dict[str, Any], model: Optional[nn.Module] = None, **model_kwargs: Any
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Rebuild the pruned model saved in ``directory`` and its masks, bit-exactly, verifying the mask hash.
+
+    ``model``: a module to load the weights into (required for models that are not transformers models).
+    """
+    mask_path = os.path.join(directory, record.get("mask_file") or MASK_FILE)
+    if not os.path.isfile(mask_path):
+        raise PrunedModelError(
+            f"{directory} has a {PRUNING_CONFIG_FILE} but no {os.path.basename(mask_path)}: which weights are "
+            "pruned cannot be restored"
+        )
+    expected = record.get("mask_sha256")
+    actual = file_sha256(mask_path)
+    if expected is None or actual != expected:
+        raise PrunedModelError(f"{mask_path} has sha256 {actual} but {PRUNING_CONFIG_FILE} records {expected}: "
+                               "the mask file was changed or replaced")
+    masks = load_masks(mask_path)
+    compact = record.get("weights_format") == "compact"
+    if model is None:
+        model = _load_transformers_model(directory, record, compact, **model_kwargs)
+    elif type(model).__name__ != record.get("architecture"):
+        raise PrunedModelError(f"{PRUNING_CONFIG_FILE} in {directory} was written for a {record.get('architecture')}, "
+                               f"not a {type(model).__name__}")
+    elif not compact:
+        _load_state(model, _load_file(os.path.join(directory, GENERIC_WEIGHTS_FILE)), directory)
+    if compact:
+        _fill_compact(model, directory, masks)
+    _check_masks(model, masks, record, directory)
+    return model, masks
