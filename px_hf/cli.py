@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--image-size", type=int, default=32, help="image size of the built-in small models")
     prune.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                        help=f"where to save the pruned model (default ./{DEFAULT_OUTPUT_DIR})")
+    prune.add_argument("--compact", action="store_true",
+                       help="store only the kept weights (smaller; loads with px_hf only)")
     prune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -125,7 +127,7 @@ def prune_command(args: argparse.Namespace) -> int:
     if summary.collapsed:
         print(f"layers pruned to zero: {', '.join(summary.collapsed)}")
     print(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
-    pruner.save_pretrained(args.output_dir)
+    pruner.save_pretrained(args.output_dir, compact=args.compact)
     print(f"saved to {os.path.abspath(args.output_dir)}")
     return 0
 
