@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where to save the pruned model (default ./{DEFAULT_OUTPUT_DIR})")
     prune.add_argument("--compact", action="store_true",
                        help="store only the kept weights (smaller; loads with px_hf only)")
+    prune.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                       help="also upload the pruned model to this Hub repo (one commit)")
+    prune.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    prune.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
+    prune.add_argument("--mixed-precision", default=None, choices=("no", "fp16", "bf16"),
+                       help="precision of the real pass (default: accelerate launch's setting)")
+    prune.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is present")
     prune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -106,29 +113,43 @@ def _basic_transform(channels: int, size: int):
 
 
 def prune_command(args: argparse.Namespace) -> int:
+    """Prune, report and save; under ``accelerate launch``/``torchrun`` every process scores its shard and only
+    the main process prints and writes."""
+    from .distributed import process_state
     from .pruner import PXPruner
 
     config = PXConfig(
         sparsity=args.sparsity, scorer=args.scorer, rounds=args.rounds, schedule=args.schedule, scope=args.scope,
         examples_per_class=args.examples_per_class or None, seed=args.seed, batch_size=args.batch_size,
+        mixed_precision=args.mixed_precision, cpu=args.cpu,
     )
+    state = process_state(cpu=args.cpu)
+    say = print if state.is_main_process else (lambda *a, **k: None)
     model = _load_model(args.model, args.image_size, 10, args.seed)
     data, data_kwargs, description = _load_data(args, model)
     pruner = PXPruner(model, config)
-    print(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
-          f"in {config.num_rounds} round(s) on {description}")
+    say(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
+        f"in {config.num_rounds} round(s) on {description}"
+        + (f", {state.num_processes} processes" if state.num_processes > 1 else ""))
     start = time.perf_counter()
     pruner.prune(data, progress=not args.no_progress, source=description, **data_kwargs)
     elapsed = time.perf_counter() - start
     summary = pruner.summary()
-    print(summary)
-    print(f"achieved density: {summary.density:.6f} (target {config.density:.6f}), "
-          f"{summary.kept:,} of {summary.params:,} prunable weights kept")
+    say(summary)
+    say(f"achieved density: {summary.density:.6f} (target {config.density:.6f}), "
+        f"{summary.kept:,} of {summary.params:,} prunable weights kept")
     if summary.collapsed:
-        print(f"layers pruned to zero: {', '.join(summary.collapsed)}")
-    print(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
-    pruner.save_pretrained(args.output_dir, compact=args.compact)
-    print(f"saved to {os.path.abspath(args.output_dir)}")
+        say(f"layers pruned to zero: {', '.join(summary.collapsed)}")
+    say(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
+    say(f"masks sha256: {pruner.masks_sha256} (identical on all {state.num_processes} process(es))")
+    if state.is_main_process:
+        pruner.save_pretrained(args.output_dir, compact=args.compact)
+        say(f"saved to {os.path.abspath(args.output_dir)}")
+        if args.push_to_hub:
+            info = pruner.push_to_hub(args.push_to_hub, private=args.private, token=args.hub_token,
+                                      compact=args.compact)
+            say(f"pushed to {info.commit_url}")
+    state.wait_for_everyone()
     return 0
 
 
@@ -140,6 +161,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PXError as err:
         print(f"px-hf: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
+
+
+def shutdown_distributed() -> None:
+    """Tear down torch.distributed after a launched run. Collecting the model's memory before destroying the
+    process group avoids an abort at interpreter exit seen in about 1 of 7 two-process runs (DESIGN.md §5)."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ _CHOICES = {
     "px_bias": ("zero", "path"),
     "qk_scores": ("value", "px"),
     "sanity_check": (None, "shuffle", "reinit"),
+    "mixed_precision": (None, "no", "fp16", "bf16"),
 }
 
 
@@ -58,6 +59,9 @@ class PXConfig:
             keeps deep models finite in float32 and changes the scores only by one common positive factor.
         sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
             ``"reinit"`` re-initializes the weights after pruning and keeps the mask.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` for the real pass (scores stay float32); ``None``
+            follows ``accelerate launch --mixed_precision``.
+        cpu: score on the CPU even where Accelerate would pick an accelerator.
     """
 
     sparsity: float = 0.98
@@ -76,6 +80,8 @@ class PXConfig:
     qk_scores: str = "value"
     px_rescale_blocks: bool = True
     sanity_check: Optional[str] = None
+    mixed_precision: Optional[str] = None
+    cpu: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):

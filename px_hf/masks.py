@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Mapping, Optional
 
@@ -127,3 +128,13 @@ def shuffle_masks(masks: Mapping[str, torch.Tensor], generator: Optional[torch.G
                 shuffled = flat[torch.randperm(flat.numel(), generator=generator, device="cpu").to(flat.device)]
         out[name] = shuffled.reshape(mask.shape)
     return out
+
+
+def mask_digest(masks: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes and bits of ``masks``: equal digests mean equal masks."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        mask = masks[name].detach().cpu()
+        digest.update(f"{name}:{tuple(mask.shape)}\n".encode())
+        digest.update(mask.reshape(-1).numpy().tobytes())
+    return digest.hexdigest()

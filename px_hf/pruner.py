@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 import torch
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .config import PXConfig
 from .data import PruningSet, build_pruning_set
+from .distributed import ProcessContext
 from .errors import DataError, ModelError
 from .masks import apply_masks, density_schedule, select_masks, shuffle_masks
 from .modeling.io import forward
@@ -47,6 +49,9 @@ class PXPruner:
         self.scores: dict[str, torch.Tensor] = {}
         self.pruning_set: Optional[PruningSet] = None
         self._saved_record: dict[str, Any] = {}
+        # Per round: density, seconds, bytes all-reduced by this process.
+        self.history: list[dict[str, float]] = []
+        self.masks_sha256: Optional[str] = None
 
     @classmethod
     def from_pretrained(
@@ -153,6 +158,8 @@ class PXPruner:
             if source is not None:
                 pruning_set.source = source
         self.pruning_set = pruning_set
+        process = ProcessContext(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        self.model.to(process.device)
         device, dtype = self._device_and_dtype()
         params = dict(self.model.named_parameters())
         initial = ({n: params[n].detach().clone() for n in self.prunable}
@@ -160,7 +167,8 @@ class PXPruner:
         masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in self.prunable}
         generator = torch.Generator().manual_seed(config.seed)
         batches = [] if pruning_set is None else [
-            (x.to(dtype=dtype), y) for x, y in pruning_set.batches(config.batch_size, device)
+            (x.to(dtype=dtype), y)
+            for x, y in pruning_set.batches(config.batch_size, device, process.rank, process.world_size)
         ]
         scorer = SCORERS[config.scorer]
         schedule = density_schedule(config.density, config.num_rounds, config.schedule)
@@ -173,20 +181,28 @@ class PXPruner:
                 model=self.model, prunable=self.prunable, masks=masks, batches=batches,
                 sample_shape=tuple(pruning_set.inputs.shape[1:]) if pruning_set is not None else (),
                 passes=passes, config=config, generator=generator, roles=parameter_roles(self.model),
+                all_reduce=process.all_reduce, autocast=process.autocast,
             )
-            bar = tqdm(schedule, desc=f"{config.scorer} pruning", unit="round", disable=not progress)
+            self.history = []
+            bar = tqdm(schedule, desc=f"{config.scorer} pruning", unit="round",
+                       disable=not (progress and process.is_main_process))
             for round_index, density in enumerate(bar):
+                started, sent = time.perf_counter(), process.bytes_reduced
                 ctx.masks = masks
                 scores = None  # free the previous round's scores before computing new ones
                 scores = scorer(ctx)
                 self._check_scores(scores, round_index)
                 masks = select_masks(scores, masks, density, config.scope, generator)
                 apply_masks(params, masks)
+                self.history.append({"round": round_index, "density": density,
+                                     "seconds": time.perf_counter() - started,
+                                     "bytes_reduced": process.bytes_reduced - sent})
                 bar.set_postfix(density=f"{density:.4f}")
                 if callback is not None:
                     callback(round_index, density, masks)
         self.scores = {n: s.detach().masked_fill(~masks[n], 0.0) for n, s in scores.items()}
         self.masks = self._sanity_check(masks, params, initial, generator)
+        self.masks_sha256 = process.check_identical(self.masks)
         return self.masks
 
     def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> None:

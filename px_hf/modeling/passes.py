@@ -140,8 +140,8 @@ class LinearizedPasses:
                 like = next(iter(m.parameters()), None)
                 like = like if like is not None else next(iter(m.buffers()), torch.zeros(()))
                 shape = (m.num_features,) if isinstance(m, _BatchNorm) else ()
-                self._norm_sum[m] = torch.zeros(shape, dtype=like.dtype, device=like.device)
-                self._norm_count[m] = torch.zeros((), device=like.device)
+                self._norm_sum[m] = torch.zeros(shape, dtype=torch.float64, device=like.device)
+                self._norm_count[m] = torch.zeros((), dtype=torch.float64, device=like.device)
         return [self._norm_sum[m] for m in norms] + [self._norm_count[m] for m in norms]
 
     # ------------------------------------------------------------------------------------------------ hooks
@@ -245,13 +245,14 @@ class LinearizedPasses:
             if self.record:
                 rstd = rstd.detach()
                 self._keep(module, rstd)
+                # float64 sums: the order in which batches and processes add up must not matter.
                 if isinstance(module, _BatchNorm):
-                    total, count = rstd.reshape(-1) ** 2 * z.shape[0], z.shape[0]
+                    total, count = rstd.reshape(-1).double() ** 2 * z.shape[0], z.shape[0]
                 else:
-                    total, count = (rstd ** 2).sum(), rstd.numel()
+                    total, count = (rstd.double() ** 2).sum(), rstd.numel()
                 self._norm_sum[module] = self._norm_sum.get(module, 0) + total
                 self._norm_count[module] = self._norm_count.get(module, 0) + torch.tensor(
-                    float(count), device=z.device)
+                    float(count), device=z.device, dtype=torch.float64)
             return out
         if self.mode == "data":
             gain = self._take(module)
@@ -265,7 +266,7 @@ class LinearizedPasses:
             count = self._norm_count.get(module)
             gain = 1.0
             if count is not None and float(count) > 0:
-                gain = self._norm_sum[module] / count
+                gain = (self._norm_sum[module] / count).to(z.dtype)
                 if isinstance(module, _BatchNorm):
                     gain = _channel_view(module, gain, ndim)
             scale = 1.0 if gamma is None else _channel_view(module, gamma.detach() ** 2, ndim)

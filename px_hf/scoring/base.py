@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+import contextlib
+from typing import Callable, ContextManager, Iterable, Optional
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ class ScoringContext:
         roles: how each parameter enters the linearized passes.
         all_reduce: reduces tensors across processes (identity when running alone).
         cache: state a scorer keeps from one round to the next (reused buffers).
+        autocast: the mixed-precision context for real forward passes.
     """
 
     model: nn.Module
@@ -50,6 +52,7 @@ class ScoringContext:
     roles: dict[str, Role]
     all_reduce: AllReduce = field(default=_no_reduce)
     cache: dict = field(default_factory=dict)
+    autocast: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The prunable parameters by name."""

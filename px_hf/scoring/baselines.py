@@ -32,8 +32,10 @@ def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None)
     for inputs, labels in ctx.batches:
         with torch.enable_grad(), ctx.passes.run("real", record=False):
             leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            logits = forward(ctx.model, inputs, leaves) / temperature
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            with ctx.autocast():
+                logits = forward(ctx.model, inputs, leaves)
+            logits = logits.float() / temperature
+            loss = F.cross_entropy(logits, labels, reduction="sum")
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=against is not None)
             if against is not None:
                 inner = sum((g * against[n]).sum() for n, g in zip(leaves, grads))

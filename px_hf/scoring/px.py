@@ -31,6 +31,12 @@ def output_vector(out: torch.Tensor) -> torch.Tensor:
     return vector if vector.dtype in (torch.float32, torch.float64) else vector.float()
 
 
+def _accumulate(vector: torch.Tensor) -> torch.Tensor:
+    # Sums over batches (and processes) are kept in float64, so that the order in which shards are added
+    # changes nothing at float32 precision: any number of processes gives the same masks.
+    return vector.double()
+
+
 class LogScaledSum:
     """A running sum of vectors kept as ``value * exp(log_scale)`` with ``max |value| == 1``."""
 
@@ -46,9 +52,9 @@ class LogScaledSum:
             )
         if peak == 0.0:
             if self.value is None:
-                self.value = torch.zeros_like(vector)
+                self.value = _accumulate(torch.zeros_like(vector))
             return
-        vector, log_scale = vector / peak, log_scale + math.log(peak)
+        vector, log_scale = _accumulate(vector) / peak, log_scale + math.log(peak)
         if self.value is None or self.log_scale == -math.inf:
             self.value, self.log_scale = vector, log_scale
             return
@@ -93,7 +99,7 @@ def data_term(ctx: ScoringContext) -> torch.Tensor:
     passes.reset_statistics()
     with torch.no_grad():
         for inputs, _ in ctx.batches:
-            with passes.run("real"):
+            with passes.run("real"), ctx.autocast():
                 forward(model, inputs)
             with passes.run("data"):
                 out = forward(model, inputs * inputs, data_params)
@@ -113,7 +119,7 @@ def _output_like(ctx: ScoringContext) -> torch.Tensor:
     """A zero vector with one entry per model output (for processes whose shard is empty)."""
     with torch.no_grad(), ctx.passes.run("synflow"):
         out = _ones_forward(ctx, pass_parameters(ctx.roles, dict(ctx.model.named_parameters()), "synflow"))
-    return torch.zeros_like(output_vector(out))
+    return _accumulate(torch.zeros_like(output_vector(out)))
 
 
 def _ones_forward(ctx: ScoringContext, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -137,7 +143,7 @@ def path_gradient_scores(
         with ctx.passes.run(mode):
             out = _ones_forward(ctx, pass_parameters(ctx.roles, params, mode, given=given, bias=ctx.config.px_bias))
         out = output_vector(out)
-        total = out.sum() if weights is None else (weights * out).sum()
+        total = out.sum() if weights is None else (weights.to(out.dtype) * out).sum()
         if not into_leaves:
             grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
             return {
