@@ -32,14 +32,14 @@ def small_model(
     if family == "vit":
         arch = dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                     intermediate_size=128) if small else dict(patch_size=16)
-        config, model_cls = ViTConfig(**common, **arch, **overrides), ViTForImageClassification
+        config, model_cls = ViTConfig(**{**common, **arch, **overrides}), ViTForImageClassification
     elif family == "convnext":
         arch = dict(patch_size=2, num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1]) if small else {}
-        config, model_cls = ConvNextConfig(**common, **arch, **overrides), ConvNextForImageClassification
+        config, model_cls = ConvNextConfig(**{**common, **arch, **overrides}), ConvNextForImageClassification
     else:
         arch = dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 2, 2], layer_type="basic",
                     downsample_in_first_stage=False) if small else {}
-        config, model_cls = ResNetConfig(**common, **arch, **overrides), ResNetForImageClassification
+        config, model_cls = ResNetConfig(**{**common, **arch, **overrides}), ResNetForImageClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return model_cls(config)

@@ -103,3 +103,21 @@ def test_query_and_key_follow_value_density(digits):
             assert magnitude[mask].min() >= magnitude[~mask].max()
     raw = _prune(small_model("vit"), digits, "px", sparsity=0.95, qk_scores="px")
     assert int(raw.masks["vit.layers.0.attention.q_proj.weight"].sum()) == 0
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_mixed_precision_real_pass_keeps_float32_scores(family, digits):
+    full = _prune(small_model(family), digits, "px", sparsity=0.9)
+    half = _prune(small_model(family), digits, "px", sparsity=0.9, mixed_precision="bf16")
+    assert all(s.dtype == torch.float32 and torch.isfinite(s).all() for s in half.scores.values())
+    assert half.summary().kept == full.summary().kept
+    shared = sum(int((half.masks[n] & full.masks[n]).sum()) for n in full.masks)
+    assert shared > 0.9 * full.summary().kept  # bf16 gates move only weights near the threshold
+
+
+def test_device_placement_follows_accelerate(digits):
+    from accelerate import PartialState
+
+    pruner = _prune(small_model("vit"), digits, "px", cpu=True)
+    assert next(pruner.model.parameters()).device == PartialState().device == torch.device("cpu")
+    assert pruner.history and all(h["bytes_reduced"] == 0 for h in pruner.history)  # one process: no traffic

@@ -88,10 +88,23 @@ with `px_hf.apply_masks(dict(model.named_parameters()), masks)`.
 {rows}
 | **total** | {summary.params:,} | {summary.kept:,} | {summary.density:.2%} |
 
-Files: `pruning_config.json` (configuration, pruning set, versions, mask hash), `px_masks.safetensors` (one bit
+{_finetuning(record)}Files: `pruning_config.json` (configuration, pruning set, versions, mask hash), `px_masks.safetensors` (one bit
 per weight).
 """
     return ModelCard(content)
+
+
+def _finetuning(record: dict[str, Any]) -> str:
+    tuned = record.get("finetuning")
+    if not tuned:
+        return ""
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in sorted(tuned.get("metrics", {}).items()))
+    dense = record.get("dense_parameters")
+    head = f" The re-initialized {', '.join(dense)} (new label set) was trained dense." if dense else ""
+    return (f"## Fine-tuning\n\nFine-tuned from `{tuned.get('base')}` on {tuned.get('dataset')} with the "
+            f"transformers Trainer and px_hf's `PXMaskCallback`, which keeps every pruned weight at exactly 0.{head}"
+            f"\n\n| metric | value |\n|---|---|\n{rows}\n\n")
 
 
 def write_card(directory: str, summary: PruningSummary, record: dict[str, Any], repo_id: Optional[str] = None) -> None:

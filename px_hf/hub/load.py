@@ -54,7 +54,10 @@ def _transformers_class(directory: str, record: dict[str, Any]):
     return cls or transformers.AutoModelForImageClassification
 
 
-def _load_transformers_model(directory: str, record: dict[str, Any], compact: bool, **kwargs) -> nn.Module:
+def _load_transformers_model(directory: str, record: dict[str, Any], compact: bool, **kwargs
+                             ) -> tuple[nn.Module, list[str]]:
+    """The model and the names of the tensors re-initialized because of ``ignore_mismatched_sizes=True`` (a new
+    label set)."""
     if not os.path.isfile(os.path.join(directory, "config.json")):
         raise PrunedModelError(f"{directory} has no config.json; pass model= to load into your own module")
     cls = _transformers_class(directory, record)
@@ -62,19 +65,20 @@ def _load_transformers_model(directory: str, record: dict[str, Any], compact: bo
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(directory)
-        return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+        return (cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)), []
     try:
         model, info = cls.from_pretrained(directory, use_safetensors=True, output_loading_info=True, **kwargs)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise PrunedModelError(f"cannot load the weights in {directory}: {err}") from err
-    missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
+    mismatched = [k for k, *_ in info.get("mismatched_keys") or []]
+    missing = list(info.get("missing_keys") or []) + ([] if kwargs.get("ignore_mismatched_sizes") else mismatched)
     if missing:
         # transformers would silently re-initialize these: a pruned model must never come back half random.
         raise PrunedModelError(
             f"the weights in {directory} lack or mis-shape {len(missing)} tensor(s) (e.g. {missing[:3]}); "
             "the file is truncated or belongs to another model"
         )
-    return model
+    return model, mismatched if kwargs.get("ignore_mismatched_sizes") else []
 
 
 def _fill_compact(model: nn.Module, directory: str, masks: dict[str, torch.Tensor]) -> None:
@@ -123,7 +127,7 @@ def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: dict[
                 "these masks"
             )
     kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-    if record.get("kept_params") is not None and kept != record["kept_params"]:
+    if record.get("kept_params") is not None and kept != record["kept_params"] and not record.get("dense_parameters"):
         raise PrunedModelError(f"the masks keep {kept} weights but {PRUNING_CONFIG_FILE} records "
                                f"{record['kept_params']}")
 
@@ -149,7 +153,11 @@ def load_pruned(
     masks = load_masks(mask_path)
     compact = record.get("weights_format") == "compact"
     if model is None:
-        model = _load_transformers_model(directory, record, compact, **model_kwargs)
+        model, reinitialized = _load_transformers_model(directory, record, compact, **model_kwargs)
+        if reinitialized:
+            # A new label set: the re-initialized head is trained dense (its old mask cannot fit it).
+            masks = {n: m for n, m in masks.items() if n not in reinitialized}
+            record["dense_parameters"] = sorted(set(record.get("dense_parameters") or []) | set(reinitialized))
     elif type(model).__name__ != record.get("architecture"):
         raise PrunedModelError(f"{PRUNING_CONFIG_FILE} in {directory} was written for a {record.get('architecture')}, "
                                f"not a {type(model).__name__}")

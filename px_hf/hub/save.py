@@ -53,11 +53,20 @@ def write_pruned(
         _save_compact(model, masks, directory)
     else:
         _save_dense(model, directory)
-    record = dict(record, weights_format="compact" if compact else "dense", mask_file=MASK_FILE,
-                  mask_sha256=save_masks(masks, os.path.join(directory, MASK_FILE)))
+    record = write_pruning_files(directory, masks, record, "compact" if compact else "dense")
+    write_card(directory, PruningSummary.from_masks(masks), record, repo_id)
+    return record
+
+
+def write_pruning_files(
+    directory: str, masks: Mapping[str, torch.Tensor], record: dict[str, Any], weights_format: str = "dense"
+) -> dict[str, Any]:
+    """Write ``px_masks.safetensors`` and ``pruning_config.json`` (with the mask file's sha256) into
+    ``directory``, next to weights already there; return the record as written."""
+    digest = save_masks(masks, os.path.join(directory, MASK_FILE))
+    record = dict(record, weights_format=weights_format, mask_file=MASK_FILE, mask_sha256=digest)
     with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)
-    write_card(directory, PruningSummary.from_masks(masks), record, repo_id)
     return record
 
 

@@ -1,0 +1,102 @@
+"""Training pruned models with the transformers Trainer: the masks are kept exactly, and every checkpoint carries
+them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import TrainerCallback
+
+from .hub.mask_file import PrunedModelError
+from .hub.save import write_pruning_files
+from .masks import apply_masks
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP and similar wrappers keep the real module in .module.
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def check_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor], where: str = "the model") -> None:
+    """Raise if any masked weight of ``model`` is not exactly zero."""
+    params = dict(_unwrap(model).named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise PrunedModelError(f"{where} has no parameter {name} for its mask")
+        if torch.count_nonzero(params[name].detach()[~mask.to(params[name].device)]):
+            raise PrunedModelError(f"{name} has non-zero weights at pruned positions in {where}")
+
+
+class PXMaskCallback(TrainerCallback):
+    """A ``TrainerCallback`` that keeps pruned weights exactly zero, for any Trainer.
+
+    - The gradients of pruned weights are zeroed as they are computed, so optimizer states (AdamW's moments)
+      never move them; after every optimizer step (once per accumulated batch) the pruned weights are set back to
+      +0.0 anyway, which also undoes weight decay and any other update. Each DDP process does the same on its
+      replica.
+    - Every checkpoint gets ``px_masks.safetensors`` and ``pruning_config.json`` next to its weights, so it loads
+      with ``PXPruner.from_pretrained`` and resuming keeps the sparsity; the saved weights are checked to be zero
+      wherever the masks prune, and a violation stops training with an error.
+
+    Args:
+        masks: parameter name -> bool mask (True = kept), e.g. ``PXPruner.masks``.
+        record: the pruning record written into checkpoints (``PXPruner.pruning_record()``).
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor], record: Optional[dict[str, Any]] = None):
+        self.masks = dict(masks)
+        self.record = dict(record or {})
+        self._device_masks: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+
+    def _params(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        params = dict(_unwrap(model).named_parameters())
+        missing = [n for n in self.masks if n not in params]
+        if missing:
+            raise PrunedModelError(f"the masks name parameters the model does not have: {missing[:3]}")
+        for name, mask in self.masks.items():
+            if tuple(mask.shape) != tuple(params[name].shape):
+                raise PrunedModelError(f"the mask of {name} has shape {tuple(mask.shape)} but the parameter has "
+                                       f"shape {tuple(params[name].shape)}")
+        return params
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        params = self._params(model)
+        self._device_masks = {n: m.to(params[n].device) for n, m in self.masks.items()}
+        apply_masks(params, self._device_masks)
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = [params[n].register_hook(lambda grad, keep=m: grad * keep)
+                       for n, m in self._device_masks.items() if params[n].requires_grad]
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        apply_masks(dict(_unwrap(model).named_parameters()), self._device_masks)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        check_pruned(model, self.masks, f"the model at step {state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(checkpoint):
+            self._check_saved_weights(checkpoint)
+            write_pruning_files(checkpoint, self.masks, self.record)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        check_pruned(model, self.masks, "the trained model")
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def _check_saved_weights(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, "model.safetensors")
+        if not os.path.isfile(path):
+            return  # sharded or custom saves: the in-memory check above still ran
+        with safe_open(path, framework="pt") as handle:
+            names = set(handle.keys())
+            for name, mask in self.masks.items():
+                if name in names and torch.count_nonzero(handle.get_tensor(name)[~mask]):
+                    raise PrunedModelError(f"{path}: {name} has non-zero weights at pruned positions")

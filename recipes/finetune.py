@@ -1,0 +1,279 @@
+"""Fine-tune a pruned model on an image classification task with the transformers Trainer, keeping its sparsity.
+
+Arguments follow transformers' examples/pytorch/image-classification/run_image_classification.py (every
+TrainingArguments option works), plus px_hf's own ``--px_*`` options:
+
+    # a model pruned with px_hf (its pruning_config.json and masks are used)
+    accelerate launch recipes/finetune.py --model_name_or_path me/vit-px-98 --dataset_name cifar10 \\
+        --output_dir vit-px-98-cifar10 --do_train --do_eval --ignore_mismatched_sizes
+    # prune on the fly, at initialization, then train (offline, on the bundled digits)
+    python recipes/finetune.py --model_name_or_path vit --dataset_name digits --px_sparsity 0.9 \\
+        --output_dir out --do_train --do_eval --num_train_epochs 5 --use_cpu
+
+``--model_name_or_path`` is a Hub id, a local directory, or ``vit``/``convnext``/``resnet`` (small models built
+from configs). ``--dataset_name digits`` uses scikit-learn's digits (offline); ``--digits_classes 5,6,7,8,9``
+keeps some digits and renumbers them from 0. A model without a pruning config is refused unless ``--px_sparsity``
+prunes it here or ``--px_dense`` trains it dense (the reference run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from px_hf import PXConfig, PXPruner
+from px_hf.cli import shutdown_distributed
+from px_hf.errors import DataError, PXError
+from px_hf.metrics import load_metric
+from px_hf.training import PXMaskCallback
+
+logger = logging.getLogger("px_hf.finetune")
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: Optional[str] = field(default=None, metadata={
+        "help": "A datasets name, or 'digits' for scikit-learn's digits (bundled, offline)."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset configuration name."})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "An image folder with the training data."})
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "An image folder with the validation data."})
+    train_val_split: float = field(default=0.15, metadata={
+        "help": "Fraction of the training data held out for validation when there is no validation split."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the validation set."})
+    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
+    digits_classes: Optional[str] = field(default=None, metadata={
+        "help": "With --dataset_name digits: comma-separated digits to keep, renumbered from 0 (e.g. 5,6,7,8,9)."})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="vit", metadata={
+        "help": "A Hub id, a local directory, or vit/convnext/resnet for a small model built from a config."})
+    model_revision: str = field(default="main", metadata={"help": "The model revision (branch, tag or commit)."})
+    image_processor_name: Optional[str] = field(default=None, metadata={"help": "Image processor name or path."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloaded models."})
+    token: Optional[str] = field(default=None, metadata={"help": "Hub token."})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "Re-initialize layers whose size differs (a new label set); the new head is trained dense."})
+
+
+@dataclass
+class PXArguments:
+    px_sparsity: Optional[float] = field(default=None, metadata={
+        "help": "Prune the model here, before training, to this sparsity (for a model not pruned yet)."})
+    px_scorer: str = field(default="px", metadata={"help": "px, random, magnitude, snip, grasp or synflow."})
+    px_rounds: Optional[int] = field(default=None, metadata={"help": "Pruning rounds (default: the scorer's)."})
+    px_examples_per_class: int = field(default=10, metadata={"help": "Pruning set size per class."})
+    px_dense: bool = field(default=False, metadata={"help": "Train without masks (the dense reference)."})
+
+
+def _digits_names(data_args: DataTrainingArguments) -> list[str]:
+    return data_args.digits_classes.split(",") if data_args.digits_classes else [str(c) for c in range(10)]
+
+
+def _digits(data_args: DataTrainingArguments, channels: int, size: int, seed: int):
+    """Train and validation splits of scikit-learn's digits as tensors (``pixel_values``, ``labels``)."""
+    from datasets import Dataset
+
+    from px_hf.digits import load_digits
+
+    classes = tuple(int(c) for c in _digits_names(data_args))
+    images, labels = load_digits(image_size=size, classes=classes)
+    labels = torch.tensor([classes.index(int(c)) for c in labels])  # renumbered from 0
+    dataset = Dataset.from_dict({"pixel_values": images.expand(-1, channels, -1, -1).numpy(),
+                                 "labels": labels.numpy()}).with_format("torch")
+    split = dataset.train_test_split(test_size=data_args.train_val_split, seed=seed)
+    return split["train"], split["test"]
+
+
+def _load_images(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int):
+    """(train, validation, label names) from a datasets name or image folders; clear errors for bad input."""
+    from datasets import ClassLabel, load_dataset
+
+    if data_args.dataset_name is not None:
+        try:
+            dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name,
+                                   cache_dir=model_args.cache_dir, token=model_args.token)
+        except (FileNotFoundError, ConnectionError, ValueError, OSError) as err:
+            raise DataError(f"cannot load dataset {data_args.dataset_name!r}: {err}") from err
+    else:
+        files = {}
+        for split, directory in (("train", data_args.train_dir), ("validation", data_args.validation_dir)):
+            if directory is not None:
+                if not os.path.isdir(directory):
+                    raise DataError(f"--{split}_dir {directory!r} is not a directory")
+                files[split] = os.path.join(directory, "**")
+        if "train" not in files:
+            raise DataError("give --dataset_name, or --train_dir (and optionally --validation_dir)")
+        dataset = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir)
+    if "validation" not in dataset:
+        split = dataset["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
+        dataset = {"train": split["train"], "validation": split["test"]}
+    train, validation = dataset["train"], dataset["validation"]
+    for column in (data_args.image_column_name, data_args.label_column_name):
+        if column not in train.column_names:
+            raise DataError(f"the dataset has no column {column!r}; its columns are {train.column_names} "
+                            "(see --image_column_name and --label_column_name)")
+    feature = train.features[data_args.label_column_name]
+    names = feature.names if isinstance(feature, ClassLabel) else sorted({str(v) for v in train[
+        data_args.label_column_name]})
+    return train, validation, names
+
+
+def _image_to_tensor(model_args: ModelArguments, model):
+    """(image processor or None, one image -> pixel tensor): the model's processor when it has one, otherwise
+    a resize to the model's size scaled to [-1, 1]."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name or model_args.model_name_or_path,
+                                                       cache_dir=model_args.cache_dir, token=model_args.token)
+    except (OSError, ValueError):
+        processor = None
+    config = model.config
+    mode = "L" if config.num_channels == 1 else "RGB"
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+
+    def to_tensor(image):
+        image = image.convert(mode)
+        if processor is not None:
+            return processor(images=image, return_tensors="pt")["pixel_values"][0]
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        array = array.reshape(image.size[1], image.size[0], -1).permute(2, 0, 1)[None]
+        return torch.nn.functional.interpolate(array, size=(size, size), mode="bilinear", align_corners=False)[0]
+
+    return processor, to_tensor
+
+
+def _load_model(model_args: ModelArguments, names: list[str], px_args: PXArguments) -> PXPruner:
+    from px_hf.zoo import FAMILIES, small_model
+
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+              "label2id": {n: i for i, n in enumerate(names)}}
+    if model_args.model_name_or_path in FAMILIES:
+        model = small_model(model_args.model_name_or_path, num_labels=len(names))
+        model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
+        return PXPruner(model)
+    return PXPruner.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token,
+        cache_dir=model_args.cache_dir, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels)
+
+
+def main(argv=None) -> int:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PXArguments, TrainingArguments))
+    model_args, data_args, px_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return run(model_args, data_args, px_args, training_args)
+    except PXError as err:
+        print(f"finetune.py: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed()
+
+
+def run(model_args, data_args, px_args, training_args) -> int:
+    digits = data_args.dataset_name == "digits"
+    if digits:
+        names = _digits_names(data_args)
+    else:
+        train, validation, names = _load_images(data_args, model_args, training_args.seed)
+    pruner = _load_model(model_args, names, px_args)
+    model = pruner.model
+    processor, to_tensor = _image_to_tensor(model_args, model)
+    image_column, label_column = data_args.image_column_name, data_args.label_column_name
+    if digits:
+        train, validation = _digits(data_args, model.config.num_channels, model.config.image_size,
+                                    training_args.seed)
+        image_column, label_column, to_tensor = "pixel_values", "labels", None
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if data_args.max_eval_samples is not None:
+        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
+
+    if px_args.px_sparsity is not None:
+        if pruner.masks:
+            raise PXError(f"{model_args.model_name_or_path} is already pruned; drop --px_sparsity")
+        pruner.config = PXConfig(sparsity=px_args.px_sparsity, scorer=px_args.px_scorer, rounds=px_args.px_rounds,
+                                 examples_per_class=px_args.px_examples_per_class, seed=training_args.seed)
+        pruner.prune(train, transform=to_tensor, image_column=image_column, label_column=label_column,
+                     source=data_args.dataset_name or data_args.train_dir, progress=training_args.should_log)
+    elif not pruner.masks and not px_args.px_dense:
+        raise PXError(f"{model_args.model_name_or_path} has no pruning config (pruning_config.json) and no masks; "
+                      "prune it with px-hf prune or --px_sparsity, or pass --px_dense to train it dense")
+    if not digits:
+        def transform(batch):
+            return {"pixel_values": [to_tensor(im) for im in batch[image_column]], "labels": batch[label_column]}
+
+        train, validation = train.with_transform(transform), validation.with_transform(transform)
+
+    metric = load_metric("accuracy")
+
+    def compute_metrics(prediction):
+        return metric.compute(predictions=np.argmax(prediction.predictions, axis=1),
+                              references=prediction.label_ids)
+
+    callbacks = [PXMaskCallback(pruner.masks, pruner.pruning_record())] if pruner.masks else []
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # px_hf pushes, with masks and card
+    training_args.remove_unused_columns = False
+    trainer = Trainer(model=model, args=training_args, train_dataset=train if training_args.do_train else None,
+                      eval_dataset=validation if training_args.do_eval else None, compute_metrics=compute_metrics,
+                      processing_class=processor, data_collator=_collate, callbacks=callbacks)
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        evaluation = trainer.evaluate()
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    trainer.save_model()
+    if trainer.is_world_process_zero() and pruner.masks:
+        _write_pruned_outputs(pruner, training_args, data_args, model_args, metrics, push)
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+def _collate(examples):
+    return {"pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]),
+            "labels": torch.tensor([int(e["labels"]) for e in examples])}
+
+
+def _write_pruned_outputs(pruner: PXPruner, training_args, data_args, model_args, metrics, push: bool) -> None:
+    """Next to the model the Trainer saved: masks, the pruning config (recording the fine-tuning and its
+    metrics) and the model card; then the push, through px_hf so that the masks travel with the model."""
+    from px_hf.hub.card import write_card
+    from px_hf.hub.save import write_pruning_files
+    from px_hf.training import check_pruned
+
+    check_pruned(pruner.model, pruner.masks, "the fine-tuned model")
+    pruner._saved_record = dict(pruner.pruning_record(), finetuning={
+        "dataset": data_args.dataset_name or data_args.train_dir,
+        "digits_classes": data_args.digits_classes,
+        "base": model_args.model_name_or_path,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    })
+    record = write_pruning_files(training_args.output_dir, pruner.masks, pruner.pruning_record())
+    write_card(training_args.output_dir, pruner.summary(), record)
+    if push:
+        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+        info = pruner.push_to_hub(repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
+        logger.info("pushed to %s", info.commit_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
