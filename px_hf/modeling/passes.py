@@ -311,7 +311,7 @@ class LinearizedPasses:
             uniform = value.mean(-2, keepdim=True).expand(*value.shape[:2], query.shape[2], value.shape[-1])
             return uniform.transpose(1, 2).contiguous(), None
         if self.mode == "data":
-            probs = self._take(module)
+            probs = self._take(module).to(value.dtype)  # recorded under autocast, perhaps in half precision
         else:
             scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
             logits = torch.matmul(query, key.transpose(2, 3)) * scaling

@@ -1,0 +1,149 @@
+"""recipes/finetune.py end to end: sparsity kept exactly through training, checkpoints and resuming, under
+`accelerate launch` with two processes; new label sets; and clear errors for bad input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from px_hf import PXConfig, PXPruner
+from px_hf.digits import load_digits
+from px_hf.zoo import small_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "finetune.py")
+BIN = os.path.dirname(sys.executable)
+TRAIN = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
+         "--weight_decay", "0.05", "--logging_steps", "50", "--disable_tqdm", "true", "--seed", "0"]
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _run(args, launcher=(sys.executable,), expect=0):
+    result = subprocess.run([*launcher, RECIPE, *args], env=_env(), capture_output=True, text=True, timeout=1200,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def _port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _assert_pruned_everywhere(directory, masks):
+    """The final model and every checkpoint: weights exactly 0 where pruned, masks and hash intact."""
+    places = [directory] + sorted(os.path.join(directory, d) for d in os.listdir(directory)
+                                  if d.startswith("checkpoint-"))
+    assert len(places) >= 2
+    for place in places:
+        restored = PXPruner.from_pretrained(place)  # verifies the mask hash and the zeros
+        assert all(torch.equal(restored.masks[n], masks[n]) for n in masks), place
+        weights = load_file(os.path.join(place, "model.safetensors"))
+        for name, mask in masks.items():
+            assert torch.count_nonzero(weights[name][~mask]) == 0, (place, name)
+    return places
+
+
+@pytest.mark.slow
+def test_two_processes_keep_the_sparsity_and_learn(tmp_path):
+    out = tmp_path / "out"
+    launcher = [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _port()]
+    result = _run(["--model_name_or_path", "vit", "--dataset_name", "digits", "--px_sparsity", "0.9",
+                   "--px_rounds", "10", "--output_dir", str(out), "--do_train", "--do_eval",
+                   "--num_train_epochs", "6", "--eval_strategy", "epoch", "--save_strategy", "epoch",
+                   "--gradient_accumulation_steps", "2", *TRAIN], launcher=[*launcher])
+    results = json.load(open(out / "all_results.json"))
+    assert results["eval_accuracy"] > 0.3, results  # chance is 0.1
+    record = json.load(open(out / "pruning_config.json"))
+    assert record["finetuning"]["metrics"]["eval_accuracy"] == pytest.approx(results["eval_accuracy"])
+    masks = PXPruner.from_pretrained(str(out)).masks
+    assert sum(int(m.sum()) for m in masks.values()) == record["kept_params"]
+    _assert_pruned_everywhere(out, masks)
+    assert "| eval_accuracy |" in open(out / "README.md").read()
+    assert result.stdout.count("eval_accuracy") >= 1
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_keeps_the_masks(tmp_path):
+    x, y = load_digits()
+    pruner = PXPruner(small_model("vit"), PXConfig(sparsity=0.9, rounds=5))
+    pruner.prune((x, y), progress=False)
+    pruner.save_pretrained(tmp_path / "pruned")
+    common = ["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--output_dir",
+              str(tmp_path / "out"), "--do_train", "--save_steps", "10", *TRAIN]
+    _run([*common, "--max_steps", "20"])
+    _run([*common, "--max_steps", "30", "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-10")])
+    places = _assert_pruned_everywhere(tmp_path / "out", pruner.masks)
+    assert any(p.endswith("checkpoint-30") for p in places)
+    trained = load_file(tmp_path / "out" / "checkpoint-30" / "model.safetensors")
+    initial = dict(pruner.model.named_parameters())
+    name = "vit.layers.0.attention.v_proj.weight"
+    assert not torch.equal(trained[name], initial[name].detach())  # it trained, and stayed sparse
+
+
+@pytest.mark.slow
+def test_transfer_to_a_new_label_set_with_a_dense_head(tmp_path):
+    """The paper's pre-trained scenario in small: train dense on digits 0-4, prune with PX, transfer to 5-9."""
+    _run(["--model_name_or_path", "resnet", "--dataset_name", "digits", "--digits_classes", "0,1,2,3,4",
+          "--px_dense", "--output_dir", str(tmp_path / "dense"), "--do_train", "--num_train_epochs", "2", *TRAIN])
+    pruner = PXPruner.from_pretrained(str(tmp_path / "dense"), PXConfig(sparsity=0.9, rounds=10))
+    x, y = load_digits(classes=(0, 1, 2, 3, 4))
+    pruner.prune((x, y), progress=False)
+    pruner.save_pretrained(tmp_path / "pruned")
+    out = tmp_path / "transfer"
+    _run(["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--digits_classes",
+          "5,6,7,8,9", "--ignore_mismatched_sizes", "--output_dir", str(out), "--do_train", "--do_eval",
+          "--num_train_epochs", "2", *TRAIN])
+    record = json.load(open(out / "pruning_config.json"))
+    assert record["dense_parameters"] == ["classifier.1.weight"]
+    assert json.load(open(out / "all_results.json"))["eval_accuracy"] > 0.4  # chance is 0.2
+    restored = PXPruner.from_pretrained(str(out))
+    assert "classifier.1.weight" not in restored.masks and restored.model.config.num_labels == 5
+    assert "trained dense" in open(out / "README.md").read()
+
+
+def _image_folder(root, count=30):
+    x, y = load_digits(image_size=16)
+    for i in range(count):
+        folder = root / str(int(y[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((x[i, 0].numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    small_model("vit").save_pretrained(tmp_path / "dense")
+    pruner = PXPruner(small_model("vit"), PXConfig(sparsity=0.5, rounds=1))
+    pruner.prune(load_digits(), progress=False)
+    pruner.save_pretrained(tmp_path / "pruned")
+    cases = [
+        (["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--digits_classes", "1,2"],
+         "ignore_mismatched_sizes"),
+        (["--model_name_or_path", "vit", "--dataset_name", str(tmp_path / "missing"), "--px_dense"],
+         "cannot load dataset"),
+        (["--model_name_or_path", "vit", "--train_dir", str(tmp_path / "nowhere"), "--px_dense"],
+         "--train_dir .* is not a directory"),
+        (["--model_name_or_path", "vit", "--train_dir", str(_image_folder(tmp_path / "images")),
+          "--image_column_name", "photo", "--px_dense"], "no column 'photo'"),
+        (["--model_name_or_path", str(tmp_path / "dense"), "--dataset_name", "digits"], "has no pruning config"),
+    ]
+    for args, message in cases:
+        result = _run([*args, "--output_dir", str(tmp_path / "o"), "--do_train", "--max_steps", "1", *TRAIN],
+                      launcher=[sys.executable], expect=2)
+        assert "finetune.py: error:" in result.stderr and __import__("re").search(message, result.stderr), (
+            message, result.stderr[-1500:])
