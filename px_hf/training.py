@@ -7,11 +7,11 @@ import os
 from typing import Any, Mapping, Optional
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import TrainerCallback
 
 from .hub.mask_file import PrunedModelError
+from .hub.load import load_pruned
 from .hub.save import write_pruning_files
 from .masks import apply_masks
 
@@ -41,8 +41,9 @@ class PXMaskCallback(TrainerCallback):
       +0.0 anyway, which also undoes weight decay and any other update. Each DDP process does the same on its
       replica.
     - Every checkpoint gets ``px_masks.safetensors`` and ``pruning_config.json`` next to its weights, so it loads
-      with ``PXPruner.from_pretrained`` and resuming keeps the sparsity; the saved weights are checked to be zero
-      wherever the masks prune, and a violation stops training with an error.
+      with ``PXPruner.from_pretrained`` and resuming keeps the sparsity. The main process then loads the
+      checkpoint back the way ``PXPruner.from_pretrained`` does (one model load per save), which checks that the
+      saved weights are zero wherever the masks prune; a violation stops training with an error.
 
     Args:
         masks: parameter name -> bool mask (True = kept), e.g. ``PXPruner.masks``.
@@ -82,21 +83,13 @@ class PXMaskCallback(TrainerCallback):
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         check_pruned(model, self.masks, f"the model at step {state.global_step}")
         if state.is_world_process_zero and os.path.isdir(checkpoint):
-            self._check_saved_weights(checkpoint)
-            write_pruning_files(checkpoint, self.masks, self.record)
+            record = write_pruning_files(checkpoint, self.masks, self.record)
+            # Load the checkpoint back as a user would: verifies the hash and the zeros in the saved weights
+            # (transformers may store them under other names, so the file is not read directly).
+            load_pruned(checkpoint, record, model=None if hasattr(_unwrap(model), "config") else _unwrap(model))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         check_pruned(model, self.masks, "the trained model")
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-    def _check_saved_weights(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, "model.safetensors")
-        if not os.path.isfile(path):
-            return  # sharded or custom saves: the in-memory check above still ran
-        with safe_open(path, framework="pt") as handle:
-            names = set(handle.keys())
-            for name, mask in self.masks.items():
-                if name in names and torch.count_nonzero(handle.get_tensor(name)[~mask]):
-                    raise PrunedModelError(f"{path}: {name} has non-zero weights at pruned positions")

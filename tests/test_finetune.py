@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from px_hf import PXConfig, PXPruner
 from px_hf.digits import load_digits
@@ -52,7 +51,7 @@ def _assert_pruned_everywhere(directory, masks):
     for place in places:
         restored = PXPruner.from_pretrained(place)  # verifies the mask hash and the zeros
         assert all(torch.equal(restored.masks[n], masks[n]) for n in masks), place
-        weights = load_file(os.path.join(place, "model.safetensors"))
+        weights = dict(restored.model.named_parameters())
         for name, mask in masks.items():
             assert torch.count_nonzero(weights[name][~mask]) == 0, (place, name)
     return places
@@ -89,16 +88,16 @@ def test_resume_from_a_checkpoint_keeps_the_masks(tmp_path):
     _run([*common, "--max_steps", "20"])
     _run([*common, "--max_steps", "30", "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-10")])
     places = _assert_pruned_everywhere(tmp_path / "out", pruner.masks)
-    assert any(p.endswith("checkpoint-30") for p in places)
-    trained = load_file(tmp_path / "out" / "checkpoint-30" / "model.safetensors")
+    assert any(str(p).endswith("checkpoint-30") for p in places)
+    trained = dict(PXPruner.from_pretrained(str(tmp_path / "out" / "checkpoint-30")).model.named_parameters())
     initial = dict(pruner.model.named_parameters())
     name = "vit.layers.0.attention.v_proj.weight"
-    assert not torch.equal(trained[name], initial[name].detach())  # it trained, and stayed sparse
+    assert not torch.equal(trained[name], initial[name])  # it trained, and stayed sparse
 
 
 @pytest.mark.slow
 def test_transfer_to_a_new_label_set_with_a_dense_head(tmp_path):
-    """The paper's pre-trained scenario in small: train dense on digits 0-4, prune with PX, transfer to 5-9."""
+    """The paper's pre-trained scenario in small: train dense on digits 0-4, prune with PX, transfer to others."""
     _run(["--model_name_or_path", "resnet", "--dataset_name", "digits", "--digits_classes", "0,1,2,3,4",
           "--px_dense", "--output_dir", str(tmp_path / "dense"), "--do_train", "--num_train_epochs", "2", *TRAIN])
     pruner = PXPruner.from_pretrained(str(tmp_path / "dense"), PXConfig(sparsity=0.9, rounds=10))
@@ -106,14 +105,15 @@ def test_transfer_to_a_new_label_set_with_a_dense_head(tmp_path):
     pruner.prune((x, y), progress=False)
     pruner.save_pretrained(tmp_path / "pruned")
     out = tmp_path / "transfer"
+    # Four new classes: the 5-way head cannot fit, so it is re-initialized and trained dense.
     _run(["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--digits_classes",
-          "5,6,7,8,9", "--ignore_mismatched_sizes", "--output_dir", str(out), "--do_train", "--do_eval",
+          "5,6,7,8", "--ignore_mismatched_sizes", "--output_dir", str(out), "--do_train", "--do_eval",
           "--num_train_epochs", "2", *TRAIN])
     record = json.load(open(out / "pruning_config.json"))
     assert record["dense_parameters"] == ["classifier.1.weight"]
-    assert json.load(open(out / "all_results.json"))["eval_accuracy"] > 0.4  # chance is 0.2
+    assert json.load(open(out / "all_results.json"))["eval_accuracy"] > 0.5  # chance is 0.25
     restored = PXPruner.from_pretrained(str(out))
-    assert "classifier.1.weight" not in restored.masks and restored.model.config.num_labels == 5
+    assert "classifier.1.weight" not in restored.masks and restored.model.config.num_labels == 4
     assert "trained dense" in open(out / "README.md").read()
 
 

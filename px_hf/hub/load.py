@@ -154,10 +154,11 @@ def load_pruned(
     compact = record.get("weights_format") == "compact"
     if model is None:
         model, reinitialized = _load_transformers_model(directory, record, compact, **model_kwargs)
-        if reinitialized:
+        dropped = sorted(set(reinitialized) & set(masks))
+        if dropped:
             # A new label set: the re-initialized head is trained dense (its old mask cannot fit it).
-            masks = {n: m for n, m in masks.items() if n not in reinitialized}
-            record["dense_parameters"] = sorted(set(record.get("dense_parameters") or []) | set(reinitialized))
+            masks = {n: m for n, m in masks.items() if n not in dropped}
+            record["dense_parameters"] = sorted(set(record.get("dense_parameters") or []) | set(dropped))
     elif type(model).__name__ != record.get("architecture"):
         raise PrunedModelError(f"{PRUNING_CONFIG_FILE} in {directory} was written for a {record.get('architecture')}, "
                                f"not a {type(model).__name__}")
