@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+from _report import save_results
+
 WORKER = """
 import json, sys, time
 import torch
@@ -89,13 +91,7 @@ def main() -> None:
         lines.append(f"| {row['scorer']} | {row['processes']} x {row['threads_per_process']} | {row['round_s']:.2f} | "
                      f"{base['round_s'] / row['round_s']:.2f} | {row['bytes_per_round']:,} | {row['params']:,} | "
                      f"{'yes' if row['sha'] == base['sha'] else 'NO'} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    with open(os.path.join(args.out, "distributed.json"), "w") as handle:
-        json.dump(rows, handle, indent=2)
-    with open(os.path.join(args.out, "distributed.md"), "w") as handle:
-        handle.write(table + "\n")
-
+    save_results(args.out, "distributed", rows, "\n".join(lines))
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,8 @@ import statistics
 import threading
 import time
 
+from _report import save_results
+
 FAMILY_NAMES = {"resnet": "ResNet-50", "convnext": "ConvNeXt-Tiny", "vit": "ViT-Base/16"}
 
 
@@ -148,14 +150,7 @@ def main() -> None:
         "Inference peak: extra memory of a no-grad forward (activations freed as it goes). Activations: extra memory",
         "of a forward with autograd on, which keeps every activation. PX extra: extra memory of a whole PX round.",
     ]
-    table = "\n".join(lines)
-    print("\n" + table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "round_cost.json"), "w") as handle:
-        json.dump(rows, handle, indent=2)
-    with open(os.path.join(args.out, "round_cost.md"), "w") as handle:
-        handle.write(table + "\n")
-
+    save_results(args.out, "round_cost", rows, "\n".join(lines))
 
 if __name__ == "__main__":
     main()

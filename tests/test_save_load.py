@@ -134,6 +134,11 @@ def _rewrite_record(directory, **changes):
     json.dump(record, open(path, "w"))
 
 
+def _truncate(path, keep: float) -> None:
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
 def test_missing_mask_file(saved):
     _, directory = saved
     os.remove(directory / "px_masks.safetensors")
@@ -144,8 +149,7 @@ def test_missing_mask_file(saved):
 def test_corrupt_mask_file(saved):
     _, directory = saved
     path = directory / "px_masks.safetensors"
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    _truncate(path, keep=0.5)
     _rewrite_record(directory, mask_sha256=file_sha256(path))  # the hash alone would catch it; check the parser
     with pytest.raises(PrunedModelError, match="px_masks.safetensors is corrupt or truncated"):
         PXPruner.from_pretrained(str(directory))
@@ -163,9 +167,7 @@ def test_mask_hash_mismatch(saved):
 
 def test_truncated_weights(saved):
     _, directory = saved
-    path = directory / "model.safetensors"
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) - 1000])
+    _truncate(directory / "model.safetensors", keep=0.9)
     with pytest.raises(PrunedModelError, match="cannot load the weights|corrupt or truncated"):
         PXPruner.from_pretrained(str(directory))
 

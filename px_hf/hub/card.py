@@ -76,8 +76,9 @@ model, masks = pruner.model, pruner.masks
 
 {plain_load}
 
-To fine-tune, keep the pruned weights at zero after every optimizer step, for example by re-applying the masks
-with `px_hf.apply_masks(dict(model.named_parameters()), masks)`.
+To fine-tune with the transformers Trainer and keep every pruned weight at exactly 0, add
+`px_hf.training.PXMaskCallback(pruner.masks, pruner.pruning_record())` to its callbacks, or run
+`accelerate launch recipes/finetune.py --model_name_or_path {name} ...` from px_hf.
 
 ## Density per layer
 
