@@ -35,3 +35,18 @@ def prunable_state(model, names):
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """An image folder (one sub-directory per class) of 60 digits as 16x16 grayscale PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    x, y = load_digits(image_size=16)
+    for i in range(60):
+        folder = root / str(int(y[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((x[i, 0].numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -42,6 +42,15 @@ def test_prune_command_with_options(tmp_path, capsys, family):
     assert record["config"]["scorer"] == "px" and record["pruning_set"]["examples"] == 20
 
 
+def test_prune_command_on_an_image_folder(tmp_path, capsys, image_folder):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "resnet", "--data", str(image_folder), "--examples-per-class", "3",
+                 "--rounds", "2", "--sparsity", "0.8", "--output-dir", str(out), "--no-progress"]) == 0
+    assert f"on {image_folder}" in capsys.readouterr().out
+    record = _check_saved(out, 0.2)
+    assert record["pruning_set"]["examples"] == 30 and record["pruning_set"]["source"] == str(image_folder)
+
+
 def test_prune_command_reports_bad_input(tmp_path, capsys):
     code = main(["prune", "--sparsity", "1.2", "--output-dir", str(tmp_path / "x")])
     assert code == 2

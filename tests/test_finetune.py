@@ -7,10 +7,8 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from px_hf import PXConfig, PXPruner
 from px_hf.digits import load_digits
@@ -117,16 +115,7 @@ def test_transfer_to_a_new_label_set_with_a_dense_head(tmp_path):
     assert "trained dense" in open(out / "README.md").read()
 
 
-def _image_folder(root, count=30):
-    x, y = load_digits(image_size=16)
-    for i in range(count):
-        folder = root / str(int(y[i]))
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(((x[i, 0].numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
-
-
-def test_bad_inputs_get_clear_errors(tmp_path):
+def test_bad_inputs_get_clear_errors(tmp_path, image_folder):
     small_model("vit").save_pretrained(tmp_path / "dense")
     pruner = PXPruner(small_model("vit"), PXConfig(sparsity=0.5, rounds=1))
     pruner.prune(load_digits(), progress=False)
@@ -138,7 +127,7 @@ def test_bad_inputs_get_clear_errors(tmp_path):
          "cannot load dataset"),
         (["--model_name_or_path", "vit", "--train_dir", str(tmp_path / "nowhere"), "--px_dense"],
          "--train_dir .* is not a directory"),
-        (["--model_name_or_path", "vit", "--train_dir", str(_image_folder(tmp_path / "images")),
+        (["--model_name_or_path", "vit", "--train_dir", str(image_folder),
           "--image_column_name", "photo", "--px_dense"], "no column 'photo'"),
         (["--model_name_or_path", str(tmp_path / "dense"), "--dataset_name", "digits"], "has no pruning config"),
     ]

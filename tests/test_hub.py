@@ -93,3 +93,22 @@ def test_push_and_pull_through_a_local_hub(hub, tmp_path):
     assert len(commits) == 2
     card = repo["commits"][1]["files"]["README.md"].decode()
     assert "library_name: px_hf" in card and 'from_pretrained("px-tests/vit-px")' in card
+
+
+@pytest.mark.slow
+def test_finetune_recipe_pushes_the_model_with_its_masks(hub, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_DISABLE_TELEMETRY="1", DISABLE_SAFETENSORS_CONVERSION="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "recipes", "finetune.py"), "--model_name_or_path", "resnet",
+         "--dataset_name", "digits", "--px_sparsity", "0.8", "--px_rounds", "3", "--output_dir",
+         str(tmp_path / "out"), "--do_train", "--do_eval", "--max_steps", "4", "--use_cpu", "--report_to", "none",
+         "--push_to_hub", "--hub_model_id", "px-tests/resnet-ft", "--hub_token", "secret"],
+        env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.repos["px-tests/resnet-ft"]["commits"][-1]["files"]
+    assert {"model.safetensors", "px_masks.safetensors", "pruning_config.json", "README.md"} <= set(files)
+    record = json.loads(files["pruning_config.json"])
+    assert "eval_accuracy" in record["finetuning"]["metrics"] and record["pruning_set"]["source"] == "digits"
