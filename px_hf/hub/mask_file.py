@@ -37,7 +37,10 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str) -> str:
     """Write ``masks`` to ``path`` (shapes in the safetensors metadata); return the file's sha256."""
     packed = {name: pack_bits(mask) for name, mask in masks.items()}
     shapes = {name: list(mask.shape) for name, mask in masks.items()}
-    save_file(packed, path, metadata={"format": MASK_FORMAT, "shapes": json.dumps(shapes)})
+    # One metadata entry: safetensors writes several in no fixed order, and equal masks must give equal bytes
+    # (and so an equal hash).
+    header = json.dumps({"format": MASK_FORMAT, "shapes": shapes})  # shapes in the model's order
+    save_file(packed, path, metadata={"px_hf": header})
     return file_sha256(path)
 
 
@@ -53,10 +56,10 @@ def load_masks(path: str) -> dict[str, torch.Tensor]:
     """Read a mask file written by :func:`save_masks`; a damaged file raises :class:`PrunedModelError`."""
     try:
         with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != MASK_FORMAT:
-                raise PrunedModelError(f"{path} is not a px_hf mask file (format {metadata.get('format')!r})")
-            shapes = json.loads(metadata["shapes"])
+            header = json.loads((handle.metadata() or {}).get("px_hf", "{}"))
+            if header.get("format") != MASK_FORMAT:
+                raise PrunedModelError(f"{path} is not a px_hf mask file (format {header.get('format')!r})")
+            shapes = header["shapes"]
             masks = {}
             for name, shape in shapes.items():
                 packed = handle.get_tensor(name)
