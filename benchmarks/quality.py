@@ -6,7 +6,8 @@ from the training split, then train with the transformers Trainer and px_hf's PX
 schedule, and record
 - test accuracy (held-out 20% of digits),
 - layers collapsed to zero,
-- the empirical NTK trace of the sparse initialization relative to the dense one (16 test images).
+- the empirical NTK trace of the sparse initialization relative to the dense one (8 test images, BatchNorm on
+  batch statistics as in training).
 
 Writes benchmarks/results/quality.{json,md} and docs/quality_<family>.png (accuracy vs sparsity).
 
@@ -66,7 +67,7 @@ def run_one(family: str, method: str, sparsity: float, seed: int, epochs: float)
 
     (x, y), (xt, yt) = _splits(seed)
     model = small_model(family, seed=seed)
-    probe = xt[:16]
+    probe = xt[:8]
     dense_trace = ntk_trace(model, probe)
     start = time.perf_counter()
     masks, collapsed, trace = {}, 0, dense_trace
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["resnet", "convnext", "vit"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.98, 0.995])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=4)
+    parser.add_argument("--epochs", type=float, default=6)
     parser.add_argument("--quick", action="store_true", help="one seed, 98%% only, one epoch")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs"))

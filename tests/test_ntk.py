@@ -16,7 +16,7 @@ def test_linear_model_trace_is_exact():
     mask = torch.rand(3, 5) > 0.5
     assert abs(ntk_trace(model, x) - 3 * float((x.double() ** 2).sum())) < 1e-6
     expected = float(((x.double() ** 2) @ mask.double().T).sum())
-    assert abs(ntk_trace(model, x, {"weight": mask}, batch_size=3) - expected) < 1e-6
+    assert abs(ntk_trace(model, x, {"weight": mask}, chunk=4) - expected) < 1e-6
 
 
 def test_trace_of_pruned_transformers_models(family, digits):
