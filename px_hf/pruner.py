@@ -273,6 +273,11 @@ class PXPruner:
         record.setdefault("pruning_set", None)
         return record
 
+    def annotate(self, **fields: Any) -> None:
+        """Add fields to the record that :meth:`save_pretrained` and :meth:`push_to_hub` write (e.g. the results
+        of fine-tuning); they survive loading and saving again."""
+        self._saved_record.update(fields)
+
     def save_pretrained(self, directory: str, compact: bool = False) -> None:
         """Save the pruned model to ``directory``.
 

@@ -261,7 +261,7 @@ def _write_pruned_outputs(pruner: PXPruner, training_args, data_args, model_args
     from px_hf.training import check_pruned
 
     check_pruned(pruner.model, pruner.masks, "the fine-tuned model")
-    pruner._saved_record = dict(pruner.pruning_record(), finetuning={
+    pruner.annotate(finetuning={
         "dataset": data_args.dataset_name or data_args.train_dir,
         "digits_classes": data_args.digits_classes,
         "base": model_args.model_name_or_path,
