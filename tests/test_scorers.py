@@ -62,7 +62,7 @@ def test_different_seed_changes_random_masks(digits):
 
 
 def test_px_keeps_every_layer_at_90_percent(model, digits):
-    pruner = PXPruner(model, PXConfig(sparsity=0.9, rounds=20))
+    pruner = PXPruner(model, PXConfig(sparsity=0.9))  # the default: 100 rounds, 10 examples per class
     pruner.prune(digits, progress=False)
     summary = pruner.summary()
     assert summary.collapsed == []
