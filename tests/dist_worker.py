@@ -40,8 +40,12 @@ def main() -> None:
         save_file(tensors, os.path.join(args.out, f"rank{state.process_index}.safetensors"))
         batches = -(-args.examples // 8)
         mine = len(range(state.process_index, batches, state.num_processes))
-        print(f"RANK {state.process_index}/{state.num_processes} batches={mine} "
-              f"bytes_per_round={pruner.history[-1]['bytes_reduced']} sha={pruner.masks_sha256}", flush=True)
+        line = (f"RANK {state.process_index}/{state.num_processes} batches={mine} "
+                f"bytes_per_round={pruner.history[-1]['bytes_reduced']} sha={pruner.masks_sha256}")
+        # One file per rank: lines printed by two processes into one pipe can interleave.
+        with open(os.path.join(args.out, f"rank{state.process_index}.txt"), "w") as handle:
+            handle.write(line + "\n")
+        print(line, flush=True)
         del pruner
     finally:
         shutdown_distributed()

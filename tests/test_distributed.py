@@ -43,7 +43,9 @@ def _torchrun(tmp_path, *args):
 
 
 def _compare(tmp_path, reference, stdout, expected_batches):
-    lines = sorted(re.findall(r"RANK (\d)/2 batches=(\d+) bytes_per_round=(\d+) sha=(\w+)", stdout))
+    assert "RANK" in stdout
+    reports = "".join(open(tmp_path / f"rank{rank}.txt").read() for rank in (0, 1))
+    lines = sorted(re.findall(r"RANK (\d)/2 batches=(\d+) bytes_per_round=(\d+) sha=(\w+)", reports))
     assert [(r, int(b)) for r, b, _, _ in lines] == [("0", expected_batches[0]), ("1", expected_batches[1])]
     assert {sha for *_, sha in lines} == {reference.masks_sha256}
     for rank in (0, 1):
