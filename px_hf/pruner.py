@@ -94,8 +94,8 @@ class PXPruner:
         param = dict(self.model.named_parameters())[self.prunable[0]]
         return param.device, param.dtype
 
-    def _check_fit(self, pruning_set: PruningSet) -> int:
-        """Run the model once on two examples; return its number of outputs. Bad shapes become a DataError."""
+    def _check_fit(self, pruning_set: PruningSet) -> None:
+        """Run the model once on two examples; bad shapes, and labels outside the head, become a DataError."""
         device, dtype = self._device_and_dtype()
         sample = pruning_set.inputs[:2].to(device=device, dtype=dtype)
         try:
@@ -119,7 +119,6 @@ class PXPruner:
             if top >= outputs or int(pruning_set.labels.min()) < 0:
                 raise DataError(f"labels must be in [0, {outputs}) for a model with {outputs} outputs; got "
                                 f"labels up to {top}")
-        return outputs
 
     def prune(
         self,
