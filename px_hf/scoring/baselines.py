@@ -43,6 +43,8 @@ def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None)
         for n, g in zip(leaves, grads):
             if g is not None:
                 total[n] += g.detach()
+        # Held until the next batch's gradients exist, these would cost one more copy of the parameters.
+        del grads, leaves
     ctx.all_reduce(list(total.values()), "sum")
     return total
 
