@@ -46,9 +46,9 @@ class PXConfig:
         batch_size: examples per forward pass while scoring.
         include: regular expressions; when given, only weights whose parameter name matches one of them are pruned.
         exclude: regular expressions; weights whose parameter name matches one of them are never pruned.
-        px_norm: ``"gated"`` treats each normalization as a data-dependent gain measured on the real pass
-            (batch statistics for BatchNorm, per-sample for LayerNorm); ``"running"`` uses BatchNorm's running
-            statistics instead (eval mode, as in the published recipe).
+        px_norm: ``"running"`` (default) gives BatchNorm its running statistics in the real pass (eval mode, as
+            published; at initialization the identity), ``"gated"`` its batch statistics. LayerNorm and GroupNorm
+            always use the sample's own statistics. Either way a norm is a gain in the PX passes, never centred.
         px_activation: ``"gated"`` multiplies by ``phi(z) / z`` recorded on the real pass (Phi(z) for GELU);
             ``"binary"`` uses the ReLU-style pattern ``1[z > 0]`` for every activation.
         px_bias: ``"zero"`` drops biases and additive embeddings in the PX passes (exact path bound, default);
@@ -57,6 +57,11 @@ class PXConfig:
             weights, keeping the largest-magnitude entries; ``"px"`` uses their raw PX scores (which are 0).
         px_rescale_blocks: divide each residual block's output by a detached scalar in the PX passes, which
             keeps deep models finite in float32 and changes the scores only by one common positive factor.
+        px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to this
+            multiple of the magnitude of the stream entering its block, so that each branch keeps a constant share
+            of the path mass while it is pruned. ``None`` leaves branches as initialized, as published; iterative
+            PX then removes whole branches at high sparsity under transformers' initialization (see the README's
+            quality section).
         sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
             ``"reinit"`` re-initializes the weights after pruning and keeps the mask.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` for the real pass (scores stay float32); ``None``
@@ -74,11 +79,12 @@ class PXConfig:
     batch_size: int = 32
     include: Optional[list[str]] = None
     exclude: Optional[list[str]] = None
-    px_norm: str = "gated"
+    px_norm: str = "running"
     px_activation: str = "gated"
     px_bias: str = "zero"
     qk_scores: str = "value"
     px_rescale_blocks: bool = True
+    px_branch_share: Optional[float] = 1.0
     sanity_check: Optional[str] = None
     mixed_precision: Optional[str] = None
     cpu: bool = False
@@ -134,6 +140,7 @@ class PXConfig:
         settings = dict(
             scorer="px", rounds=100, schedule="exponential", scope="global", examples_per_class=10,
             px_norm="running", px_activation="binary", px_bias="zero", qk_scores="px",
+            px_branch_share=None,
         )
         settings.update(overrides)
         return cls(**settings)

@@ -172,7 +172,8 @@ class PXPruner:
         scorer = SCORERS[config.scorer]
         schedule = density_schedule(config.density, config.num_rounds, config.schedule)
         passes = LinearizedPasses(self.model, norm=config.px_norm, activation=config.px_activation,
-                                  rescale_blocks=config.px_rescale_blocks)
+                                  rescale_blocks=config.px_rescale_blocks,
+                                  branch_share=config.px_branch_share)
         with passes:  # eval mode from here on: no dropout, no BatchNorm buffer updates
             if pruning_set is not None:
                 self._check_fit(pruning_set)

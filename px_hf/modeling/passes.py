@@ -12,6 +12,12 @@ Modes (see DESIGN.md §3):
 
 In the three linear modes every residual block's output can be divided by a detached scalar; all passes are then
 positively homogeneous, so this only rescales the result by ``exp(log_scale)`` and keeps float32 finite.
+
+Branch balancing (path mode only) multiplies each residual branch's output by a detached factor that gives it a
+fixed multiple (the share) of the mean magnitude of the stream entering its block. Without it a branch's path mass falls like its density to the
+power of its depth while its weight count falls like its density, so per-weight scores of a thinning branch fall
+and iterative pruning removes whole branches; with it each branch keeps a constant share of the path mass, the
+conservation that keeps layers of a plain chain alive (DESIGN.md §2.6).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 
-from .structure import Role, is_activation, is_max_pool, is_norm, residual_blocks, uses_attention_interface
+from .structure import (
+    Role, is_activation, is_max_pool, is_norm, residual_blocks, residual_branches, uses_attention_interface,
+)
 
 ATTENTION_IMPLEMENTATION = "px_hf"
 _ACTIVE: list["LinearizedPasses"] = []
@@ -58,15 +66,22 @@ class LinearizedPasses:
         norm: ``"gated"`` (BatchNorm on batch statistics in the real pass) or ``"running"`` (running statistics).
         activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
         rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
+        branch_share: in the path mode, scale every residual branch to this multiple of the mean magnitude of its
+            block's input stream (``None``: leave branches as they are).
     """
 
-    def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True):
+    def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True,
+                 branch_share: Optional[float] = None):
         self.model = model
         self.norm = norm
         self.activation = activation
         self.modules = [m for m in model.modules() if is_activation(m) or is_norm(m) or is_max_pool(m)]
         self.attentions = [m for m in model.modules() if uses_attention_interface(m)]
         self.blocks = residual_blocks(model) if rescale_blocks else []
+        self.branch_share = branch_share
+        self.branched = residual_branches(model) if branch_share is not None else []
+        self._stream: dict[nn.Module, float] = {}
+        self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self.mode = "off"
         self.record = True
         self.log_scale = 0.0
@@ -92,6 +107,16 @@ class LinearizedPasses:
                 self._slope0[m] = float((out[0] - out[1]) / 2e-3)
             self._handles.append(m.register_forward_pre_hook(self._save_input))
             self._handles.append(m.register_forward_hook(self._module_hook))
+        for residual in self.branched:
+            # Registered before the rescaling hook, so a flat block is balanced before its output is rescaled.
+            block = residual.module
+            self._handles.append(block.register_forward_pre_hook(self._block_input_hook))
+            if residual.branches:
+                for branch in residual.branches:
+                    self._handles.append(branch.register_forward_hook(
+                        lambda m, a, out, b=block: self._balance_branch(b, out)))
+            else:
+                self._handles.append(block.register_forward_hook(self._balance_flat_block))
         for block in self.blocks:
             self._handles.append(block.register_forward_hook(self._block_hook))
         configs = {id(m.config): m.config for m in self.attentions}
@@ -121,6 +146,8 @@ class LinearizedPasses:
         finally:
             self.mode = "off"
             self._inputs.clear()
+            self._stream.clear()
+            self._block_inputs.clear()
 
     def clear_records(self) -> None:
         """Forget what the real pass recorded (call after the matching data pass)."""
@@ -285,16 +312,33 @@ class LinearizedPasses:
             return z.flatten(2).gather(2, index.flatten(2)).reshape(index.shape)
         return None
 
+    def _block_input_hook(self, module: nn.Module, args):
+        if self.mode == "path":
+            self._stream[module] = self.branch_share * _magnitude(args[0])
+            self._block_inputs[module] = args[0]
+
+    def _balance_branch(self, block: nn.Module, out):
+        if self.mode != "path":
+            return None
+        tensor = out[0] if isinstance(out, tuple) else out
+        scaled = _balanced(tensor, self._stream[block])
+        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+
+    def _balance_flat_block(self, module: nn.Module, args, out):
+        """A block without a branch module: its branch is its output minus its (identity) skip."""
+        if self.mode != "path":
+            return None
+        tensor, skip = (out[0] if isinstance(out, tuple) else out), self._block_inputs.pop(module)
+        if tensor.shape != skip.shape:
+            return None  # not an identity skip: the branch cannot be separated
+        scaled = skip + _balanced(tensor - skip, self._stream[module])
+        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+
     def _block_hook(self, module: nn.Module, args, out):
         if self.mode in ("off", "real"):
             return None
         tensor = out[0] if isinstance(out, tuple) else out
-        # Any positive scalar keeps the passes exact up to a common factor; the mean magnitude of a strided
-        # sample is enough to keep values near 1 and costs nothing next to a full reduction.
-        flat = tensor.detach().reshape(-1)
-        scale = float(flat[:: max(1, flat.numel() // 4096)].abs().mean())
-        if not scale > 0:
-            scale = float(torch.linalg.vector_norm(flat, 1)) / flat.numel()
+        scale = _magnitude(tensor)
         if not (math.isfinite(scale) and scale > 0):
             return None
         self.log_scale += math.log(scale)
@@ -321,6 +365,25 @@ class LinearizedPasses:
             if self.mode == "real":
                 self._keep(module, probs.detach())
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _magnitude(tensor: torch.Tensor) -> float:
+    """Mean magnitude of ``tensor`` (detached). The mean of a strided sample is enough to keep values near 1 and
+    costs nothing next to a full reduction; the full mean is the fallback when the sample is all zero."""
+    flat = tensor.detach().reshape(-1)
+    scale = float(flat[:: max(1, flat.numel() // 4096)].abs().mean())
+    if not scale > 0:
+        scale = float(torch.linalg.vector_norm(flat, 1)) / flat.numel()
+    return scale
+
+
+def _balanced(branch: torch.Tensor, target: float) -> torch.Tensor:
+    """``branch`` times a detached factor that makes its mean magnitude ``target`` (unchanged when it is all zero:
+    a branch without paths stays without paths)."""
+    scale = _magnitude(branch)
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(target) and target > 0):
+        return branch
+    return branch * (target / scale)
 
 
 def pass_parameters(

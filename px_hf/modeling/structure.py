@@ -18,6 +18,8 @@ _ADDITIVE_NAMES = ("cls_token", "position_embeddings", "mask_token", "pos_embed"
                    "register_tokens", "relative_position_bias_table")
 _SCALE_NAMES = ("layer_scale", "lambda", "ls1", "ls2")
 _QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+# Children of a residual block that form its skip connection rather than a branch.
+_SHORTCUT_NAMES = ("shortcut", "downsample", "skip")
 
 
 class Role(enum.Enum):
@@ -98,6 +100,31 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
             if composite and sequential:
                 found[f"{name}.{child_name}" if name else child_name] = child
     return [m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)]
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """A residual block and the branches that add into its stream.
+
+    ``branches`` are the block's composite children with path weights (a transformer layer's attention and MLP, a
+    ResNet layer's convolution stack). When the block holds its path weights directly (ConvNeXt), ``branches`` is
+    empty and the whole block, minus its identity skip, is one branch.
+    """
+
+    module: nn.Module
+    branches: tuple[nn.Module, ...]
+
+
+def residual_branches(model: nn.Module) -> list[ResidualBlock]:
+    """Every block of :func:`residual_blocks` with its residual branches."""
+    found = []
+    for block in residual_blocks(model):
+        children = [(n, c) for n, c in block.named_children() if _has_path_weights(c)]
+        if any(isinstance(c, PRUNABLE_LAYER_TYPES) for _, c in children):
+            found.append(ResidualBlock(block, ()))
+        else:
+            found.append(ResidualBlock(block, tuple(c for n, c in children if n not in _SHORTCUT_NAMES)))
+    return found
 
 
 def parameter_roles(model: nn.Module) -> dict[str, Role]:
