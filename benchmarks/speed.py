@@ -1,0 +1,242 @@
+"""Speed and memory of pruning: time per round and peak extra memory for PX and every baseline, and how they grow
+with the number of pruning examples and with model size.
+
+Random-init models, float32, all CPU threads, 224 px, batches of 8. Three tables:
+
+- scorers: ResNet-50, ConvNeXt-Tiny and ViT-Base, every scorer, pruning on one batch;
+- examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples;
+- sizes: PX on ResNet-18/34/50/101 and ViT-Small/Base (``--sizes vit-large`` adds ViT-Large, about 3 minutes).
+
+Every row gives the time of a round (the median gap between successive rounds: scoring, selection, masking),
+that time over one no-grad forward pass of one batch, and the extra resident memory of the whole pruning over
+the memory held before it (model, data), sampled every 2 ms, also over the parameters plus one forward pass's
+activations (the extra memory of a forward with autograd on). Targets (issue #2): a PX round costs at most 3.5
+forward passes, and its extra memory is at most one copy of the parameters plus one forward pass's activations.
+
+Each measurement runs in its own spawned process so that one's peak memory does not hide another's; a
+measurement shared by two tables runs once. The defaults take about 12 minutes on 2 CPU cores; ``--quick``
+(64 px, ResNet-50 and ResNet-18, 2 rounds) about a minute, for smoke tests.
+
+    python benchmarks/speed.py [--quick] [--models resnet-50 ...] [--scorers px snip ...] [--examples 8 16 ...]
+                               [--sizes resnet-18 ...] [--batch 8] [--repeats 3] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from _report import save_results
+
+from px_hf.config import SCORERS
+
+NUM_LABELS = 1000
+SPARSITY = 0.5
+_RESNET_BASIC = dict(layer_type="basic", hidden_sizes=[64, 128, 256, 512])
+# CLI name -> (table name, px_hf.zoo family, config overrides of the zoo's "base" size).
+MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "resnet-18": ("ResNet-18", "resnet", dict(_RESNET_BASIC, depths=[2, 2, 2, 2])),
+    "resnet-34": ("ResNet-34", "resnet", dict(_RESNET_BASIC, depths=[3, 4, 6, 3])),
+    "resnet-50": ("ResNet-50", "resnet", {}),
+    "resnet-101": ("ResNet-101", "resnet", dict(depths=[3, 4, 23, 3])),
+    "convnext-tiny": ("ConvNeXt-Tiny", "convnext", {}),
+    "vit-small": ("ViT-Small/16", "vit", dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536)),
+    "vit-base": ("ViT-Base/16", "vit", {}),
+    "vit-large": ("ViT-Large/16", "vit", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                              intermediate_size=4096)),
+}
+# Settings that --quick replaces, unless given explicitly.
+FULL = dict(models=["resnet-50", "convnext-tiny", "vit-base"], image_size=224, repeats=3, examples=[8, 16, 32, 64],
+            sizes=["resnet-18", "resnet-34", "resnet-50", "resnet-101", "vit-small", "vit-base"])
+QUICK = dict(models=["resnet-50"], image_size=64, repeats=1, examples=[8, 16], sizes=["resnet-18", "resnet-50"])
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak`` is the largest sample."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._process, self._interval = psutil.Process(), interval
+        self.peak, self._running = 0, False
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak, self._running = self._process.memory_info().rss, True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement. ``kind`` is ``"forward"`` (autograd forward's memory, then no-grad forward's time, on one
+    batch) or a scorer name (``repeats + 1`` pruning rounds on ``examples`` images)."""
+
+    kind: str
+    model: str
+    examples: int
+    batch: int
+    image_size: int
+    repeats: int
+    threads: int
+
+
+def _measure(m: Measurement) -> dict[str, float]:
+    """Runs in a fresh process: seconds (median), extra peak bytes, parameter count and bytes."""
+    import psutil
+    import torch
+
+    from px_hf import PXConfig, PXPruner
+    from px_hf.modeling.io import forward
+    from px_hf.zoo import small_model
+
+    torch.set_num_threads(m.threads)
+    _, family, overrides = MODELS[m.model]
+    model = small_model(family, size="base", image_size=m.image_size, num_channels=3, num_labels=NUM_LABELS,
+                        **overrides)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(m.examples, 3, m.image_size, m.image_size, generator=generator)
+    labels = torch.randint(NUM_LABELS, (m.examples,), generator=generator)
+    before = psutil.Process().memory_info().rss
+    times: list[float] = []
+    if m.kind == "forward":
+        model.eval()
+        # Memory first: memory freed afterwards may stay resident, which would hide part of a later peak.
+        with PeakRSS() as peak:
+            forward(model, x).sum().item()
+        with torch.no_grad():
+            forward(model, x)  # warm-up
+            for _ in range(m.repeats):
+                start = time.perf_counter()
+                forward(model, x)
+                times.append(time.perf_counter() - start)
+    else:
+        pruner = PXPruner(model, PXConfig(sparsity=SPARSITY, scorer=m.kind, rounds=m.repeats + 1,
+                                          examples_per_class=None, batch_size=m.batch))
+        stamps: list[float] = []
+        with PeakRSS() as peak:
+            pruner.prune((x, labels), progress=False, callback=lambda *_: stamps.append(time.perf_counter()))
+        times = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"seconds": statistics.median(times), "extra_bytes": peak.peak - before,
+            "params": sum(p.numel() for p in model.parameters()),
+            "params_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+@functools.cache
+def _run(m: Measurement) -> dict[str, float]:
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        result = pool.submit(_measure, m).result()
+    print(json.dumps({**asdict(m), **result}), flush=True)  # progress: the full run takes minutes
+    return result
+
+
+def round_row(args: argparse.Namespace, model: str, scorer: str, examples: int) -> dict[str, Any]:
+    """A table row: ``scorer``'s round on ``model`` with ``examples`` pruning images, against a forward pass."""
+    fwd = _run(Measurement("forward", model, args.batch, args.batch, args.image_size, args.repeats, args.threads))
+    run = _run(Measurement(scorer, model, examples, args.batch, args.image_size, args.repeats, args.threads))
+    mb = 2**20
+    return {
+        "model": MODELS[model][0], "params_m": fwd["params"] / 1e6, "scorer": scorer, "examples": examples,
+        "batches": math.ceil(examples / args.batch), "forward_s": fwd["seconds"], "round_s": run["seconds"],
+        "round_over_forward": run["seconds"] / fwd["seconds"], "params_mb": fwd["params_bytes"] / mb,
+        "activations_mb": fwd["extra_bytes"] / mb, "extra_mb": run["extra_bytes"] / mb,
+        "extra_over_budget": run["extra_bytes"] / (fwd["params_bytes"] + fwd["extra_bytes"]),
+    }
+
+
+def markdown(title: str, columns: dict[str, str], rows: list[dict[str, Any]], note: str) -> str:
+    """``columns`` maps each header to a format string over a row, e.g. ``"{round_s:.2f}"``."""
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f.format(**row) for f in columns.values()) + " |" for row in rows]
+    return "\n".join(lines + ["", note])
+
+
+_ROUND = {"round (s)": "{round_s:.2f}", "round / forward": "{round_over_forward:.2f}"}
+_MEMORY = {"params + activations (MB)": "{params_mb:.0f} + {activations_mb:.0f}", "extra (MB)": "{extra_mb:.0f}",
+           "extra / (params + activations)": "{extra_over_budget:.2f}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (about a minute)")
+    models = dict(choices=list(MODELS), metavar="MODEL")
+    scorers = dict(choices=SCORERS, metavar="SCORER")
+    parser.add_argument("--models", nargs="+", **models,
+                        help=f"models of the scorers table, from: {', '.join(MODELS)}")
+    parser.add_argument("--scorers", nargs="+", **scorers, default=list(SCORERS),
+                        help=f"scorers of the scorers table, from: {', '.join(SCORERS)} (default: all)")
+    parser.add_argument("--examples", nargs="+", type=int, help="pruning set sizes of the examples table")
+    parser.add_argument("--example-scorers", nargs="+", **scorers, default=["px", "snip"],
+                        help="scorers of the examples table (grasp is about 3 times slower than snip)")
+    parser.add_argument("--example-model", **models, default="resnet-50", help="model of the examples table")
+    parser.add_argument("--sizes", nargs="+", **models, help="models of the sizes table (PX only)")
+    parser.add_argument("--image-size", type=int, help="pixels per side (default: 224; --quick: 64)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size, and the pruning set of the scorers table")
+    parser.add_argument("--repeats", type=int, help="rounds timed per measurement (one more is run)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.batch, args.repeats, args.image_size, args.threads, *args.examples) < 1:
+        parser.error("--batch, --repeats, --image-size, --threads and --examples must be positive")
+
+    results = {
+        "settings": {"image_size": args.image_size, "batch": args.batch, "repeats": args.repeats,
+                     "threads": args.threads, "sparsity": SPARSITY, "dtype": "float32"},
+        "scorers": [round_row(args, m, s, args.batch) for m in args.models for s in args.scorers],
+        "examples": [round_row(args, args.example_model, s, n) for s in args.example_scorers for n in args.examples],
+        "sizes": [round_row(args, m, "px", args.batch) for m in args.sizes],
+    }
+    setting = f"{args.image_size} px, batch {args.batch}, float32, CPU threads: {args.threads}"
+    image_mb = 3 * args.image_size**2 * 4 / 2**20
+    tables = [
+        markdown(
+            f"Time per round and peak extra memory of every scorer, pruning on one batch ({setting})",
+            {"model": "{model}", "params": "{params_m:.1f} M", "forward (s)": "{forward_s:.2f}",
+             "scorer": "{scorer}", **_ROUND, **_MEMORY}, results["scorers"],
+            f"Round: median of {args.repeats} gap(s) between successive rounds (scoring, selection, masking). "
+            "Forward: one no-grad forward pass of the same batch.\nExtra: peak resident memory of the whole "
+            "pruning over that before it. Activations: extra memory of one forward pass with autograd on.",
+        ),
+        markdown(
+            f"Cost against the number of pruning examples, {MODELS[args.example_model][0]} ({setting})",
+            {"scorer": "{scorer}", "examples": "{examples}", "batches": "{batches}", **_ROUND,
+             "extra (MB)": "{extra_mb:.0f}"}, results["examples"],
+            "Each round scores the batches one after another, so time is expected to grow linearly with them and "
+            f"memory to stay flat\napart from the pruning set itself ({image_mb:.2f} MB per image). Forward: one "
+            "batch.",
+        ),
+        markdown(
+            f"PX against model size ({setting})",
+            {"model": "{model}", "params": "{params_m:.1f} M", "forward (s)": "{forward_s:.2f}", **_ROUND,
+             **_MEMORY}, results["sizes"],
+            "Same measurements as the first table, PX only.",
+        ),
+    ]
+    save_results(args.out, "speed", results, "\n\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
