@@ -49,6 +49,7 @@ class PXConfig:
         px_norm: ``"running"`` (default) gives BatchNorm its running statistics in the real pass (eval mode, as
             published; at initialization the identity), ``"gated"`` its batch statistics. LayerNorm and GroupNorm
             always use the sample's own statistics. Either way a norm is a gain in the PX passes, never centred.
+            PX only: SNIP and GraSP always score with batch statistics, as the network trains.
         px_activation: ``"gated"`` multiplies by ``phi(z) / z`` recorded on the real pass (Phi(z) for GELU);
             ``"binary"`` uses the ReLU-style pattern ``1[z > 0]`` for every activation.
         px_bias: ``"zero"`` drops biases and additive embeddings in the PX passes (exact path bound, default);

@@ -171,7 +171,10 @@ class PXPruner:
         ]
         scorer = SCORERS[config.scorer]
         schedule = density_schedule(config.density, config.num_rounds, config.schedule)
-        passes = LinearizedPasses(self.model, norm=config.px_norm, activation=config.px_activation,
+        # px_norm is PX's choice; the gradient baselines score the network as it trains, BatchNorm on batch
+        # statistics (with running statistics at initialization a deep ResNet's logits overflow GraSP's Hessian).
+        norm = config.px_norm if config.scorer == "px" else "gated"
+        passes = LinearizedPasses(self.model, norm=norm, activation=config.px_activation,
                                   rescale_blocks=config.px_rescale_blocks,
                                   branch_share=config.px_branch_share)
         with passes:  # eval mode from here on: no dropout, no BatchNorm buffer updates

@@ -126,3 +126,17 @@ def test_device_placement_follows_accelerate(digits):
     pruner = _prune(small_model("vit"), digits, "px", cpu=True)
     assert next(pruner.model.parameters()).device == PartialState().device == torch.device("cpu")
     assert pruner.history and all(h["bytes_reduced"] == 0 for h in pruner.history)  # one process: no traffic
+
+
+@pytest.mark.parametrize("scorer", ["snip", "grasp"])
+def test_gradient_baselines_score_with_batch_statistics_whatever_px_norm(digits, scorer):
+    # px_norm is PX's option; SNIP and GraSP see the network as it trains (running statistics at initialization
+    # would leave a deep ResNet unnormalized).
+    scores = []
+    for norm in ("running", "gated"):
+        pruner = PXPruner(small_model("resnet"), PXConfig(sparsity=0.5, scorer=scorer, examples_per_class=2,
+                                                          px_norm=norm))
+        pruner.prune(digits, progress=False)
+        scores.append(pruner.scores)
+    for name in scores[0]:
+        torch.testing.assert_close(scores[0][name], scores[1][name])
