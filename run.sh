@@ -2,6 +2,7 @@
 # One entry point for a fresh machine: creates .venv (torch CPU first), installs px_hf, then runs
 #   ./run.sh prune [px-hf prune options]   the main job (defaults: small ViT on digits, 98% sparsity, PX)
 #   ./run.sh test  [pytest options]         the whole test suite, slow end-to-end tests included
+#   ./run.sh bench                          every benchmark in benchmarks/, results in benchmarks/results and docs
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,8 +40,19 @@ case "$command" in
         # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero code.
         exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
         ;;
+    bench)
+        setup
+        export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        # Speed first, on an otherwise idle machine; each script prints its tables and saves them.
+        for script in speed quality distributed linearization_evidence; do
+            start=$SECONDS
+            "$VENV/bin/python" "benchmarks/$script.py"
+            echo "[run.sh] benchmarks/$script.py took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2
+        done
+        echo "[run.sh] all benchmarks took $(( SECONDS / 60 )) min" >&2
+        ;;
     *)
-        echo "usage: ./run.sh prune [options] | ./run.sh test [pytest options]" >&2
+        echo "usage: ./run.sh prune [options] | ./run.sh test [pytest options] | ./run.sh bench" >&2
         exit 2
         ;;
 esac
