@@ -68,7 +68,8 @@ def test_balanced_scores_do_not_depend_on_the_scale_a_branch_was_initialized_at(
 
 def test_transformers_blocks_and_their_branches_are_found():
     found = {f: residual_branches(small_model(f)) for f in ("vit", "convnext", "resnet")}
-    assert [sorted(type(b).__name__ for b in block.branches) for block in found["vit"]] == [["ViTAttention", "ViTMLP"]] * 4
+    vit = [sorted(type(b).__name__ for b in block.branches) for block in found["vit"]]
+    assert vit == [["ViTAttention", "ViTMLP"]] * 4
     assert all(block.branches == () for block in found["convnext"])  # flat: balanced as output minus input
     # ResNet layers: the convolution stack is the branch, the (projection) shortcut is not.
     assert all([type(b).__name__ for b in block.branches] == ["Sequential"] for block in found["resnet"])

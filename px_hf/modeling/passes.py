@@ -14,10 +14,10 @@ In the three linear modes every residual block's output can be divided by a deta
 positively homogeneous, so this only rescales the result by ``exp(log_scale)`` and keeps float32 finite.
 
 Branch balancing (path mode only) multiplies each residual branch's output by a detached factor that gives it a
-fixed multiple (the share) of the mean magnitude of the stream entering its block. Without it a branch's path mass falls like its density to the
-power of its depth while its weight count falls like its density, so per-weight scores of a thinning branch fall
-and iterative pruning removes whole branches; with it each branch keeps a constant share of the path mass, the
-conservation that keeps layers of a plain chain alive (DESIGN.md §2.6).
+fixed multiple (the share) of the mean magnitude of the stream entering its block. Without it a branch's path mass
+falls like its density to the power of its depth while its weight count falls like its density, so per-weight
+scores of a thinning branch fall and iterative pruning removes whole branches; with it each branch keeps a constant
+share of the path mass, the conservation that keeps layers of a plain chain alive (DESIGN.md §2.6).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class LinearizedPasses:
         self.blocks = residual_blocks(model) if rescale_blocks else []
         self.branch_share = branch_share
         self.branched = residual_branches(model) if branch_share is not None else []
+        self._flat = {r.module for r in self.branched if not r.branches}
         self._stream: dict[nn.Module, float] = {}
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self.mode = "off"
@@ -315,7 +316,8 @@ class LinearizedPasses:
     def _block_input_hook(self, module: nn.Module, args):
         if self.mode == "path":
             self._stream[module] = self.branch_share * _magnitude(args[0])
-            self._block_inputs[module] = args[0]
+            if module in self._flat:  # its branch is its output minus this input
+                self._block_inputs[module] = args[0]
 
     def _balance_branch(self, block: nn.Module, out):
         if self.mode != "path":
