@@ -11,7 +11,7 @@ schedule, and record
 
 Writes benchmarks/results/quality.{json,md} and docs/quality_<family>.png (accuracy vs sparsity).
 
-    python benchmarks/quality.py                 # the full grid, 3 seeds (about an hour on 2 cores)
+    python benchmarks/quality.py                 # the full grid, 3 seeds (about 27 minutes on 2 cores)
     python benchmarks/quality.py --quick         # one seed, one sparsity, 1 epoch: a smoke run
     python benchmarks/quality.py --methods px --px px_branch_share=null   # a PX variant alone
 """
@@ -40,7 +40,7 @@ from _report import save_results  # noqa: E402
 METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow", "px+shuffle", "px+reinit"]
 
 
-def _splits(seed: int):
+def _splits():
     from px_hf.digits import load_digits
 
     x, y = load_digits(image_size=32)
@@ -67,9 +67,16 @@ def _single_threaded() -> None:
 
 def _option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` for a PXConfig field; the value is parsed as JSON when it can be (numbers, true/false)."""
+    import dataclasses
+
+    from px_hf import PXConfig
+
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    fields = [f.name for f in dataclasses.fields(PXConfig)]
+    if key not in fields:
+        raise argparse.ArgumentTypeError(f"{key!r} is not a PXConfig field; choose from {', '.join(fields)}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -84,7 +91,7 @@ def run_one(family: str, method: str, sparsity: float, seed: int, epochs: float,
     from px_hf.training import PXMaskCallback
     from px_hf.zoo import small_model
 
-    (x, y), (xt, yt) = _splits(seed)
+    (x, y), (xt, yt) = _splits()
     model = small_model(family, seed=seed)
     probe = xt[:8]
     dense_trace = ntk_trace(model, probe)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -113,6 +114,11 @@ class PXConfig:
             raise ConfigError(
                 f"examples_per_class must be a positive integer or None (use all data), got {self.examples_per_class!r}"
             )
+        share = self.px_branch_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not math.isfinite(share) or share <= 0):
+            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default) or None to turn branch "
+                              f"balancing off, got {share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         for name in ("include", "exclude"):

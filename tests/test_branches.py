@@ -36,6 +36,10 @@ class _FlatBlock(_Branch):
         return x + super().forward(x)
 
 
+class _PlainStage(_Branch):
+    """Path weights held directly, and no skip: not a residual block, though shaped like one."""
+
+
 def _net(block_cls, seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(16, 8), block_cls(8), nn.ReLU(), nn.Linear(8, 3)).double()
@@ -64,6 +68,15 @@ def test_balanced_scores_do_not_depend_on_the_scale_a_branch_was_initialized_at(
     branch = next(n for n in plain[0] if n.startswith("1.") and "fc1" in n)
     ratios = [float(p[branch].sum() / p["0.weight"].sum()) for p in plain]
     assert ratios[1] < 1e-4 * ratios[0]
+
+
+def test_a_stage_without_skip_is_not_balanced():
+    # Balancing a flat block splits it into input + (output - input); without a skip that would invent one.
+    x = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % 3
+    balanced, plain = _scores(_net(_PlainStage), x, y, 1.0), _scores(_net(_PlainStage), x, y, None)
+    for name in plain:
+        torch.testing.assert_close(balanced[name], plain[name], rtol=1e-12, atol=0)
 
 
 def test_transformers_blocks_and_their_branches_are_found():

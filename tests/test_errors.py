@@ -29,7 +29,8 @@ def test_unknown_scorer_lists_the_choices():
 
 @pytest.mark.parametrize("field,value", [("schedule", "cosine"), ("scope", "block"), ("px_norm", "live"),
                                          ("sanity_check", "permute"), ("examples_per_class", 0),
-                                         ("batch_size", 0)])
+                                         ("batch_size", 0), ("px_branch_share", 0), ("px_branch_share", -1.0),
+                                         ("px_branch_share", "1"), ("px_branch_share", float("nan"))])
 def test_other_bad_options(field, value):
     with pytest.raises(ConfigError, match=field):
         PXConfig(**{field: value})

@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
@@ -81,6 +82,7 @@ class LinearizedPasses:
         self.branch_share = branch_share
         self.branched = residual_branches(model) if branch_share is not None else []
         self._flat = {r.module for r in self.branched if not r.branches}
+        self._identity_skip: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self.mode = "off"
@@ -322,31 +324,41 @@ class LinearizedPasses:
     def _balance_branch(self, block: nn.Module, out):
         if self.mode != "path":
             return None
-        tensor = out[0] if isinstance(out, tuple) else out
-        scaled = _balanced(tensor, self._stream[block])
-        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+        return _with_first(out, _balanced(_first(out), self._stream[block]))
 
     def _balance_flat_block(self, module: nn.Module, args, out):
-        """A block without a branch module: its branch is its output minus its (identity) skip."""
+        """A block without a branch module: its branch is its output minus its identity skip."""
         if self.mode != "path":
             return None
-        tensor, skip = (out[0] if isinstance(out, tuple) else out), self._block_inputs.pop(module)
-        if tensor.shape != skip.shape:
-            return None  # not an identity skip: the branch cannot be separated
-        scaled = skip + _balanced(tensor - skip, self._stream[module])
-        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+        tensor, skip = _first(out), self._block_inputs.pop(module)
+        if not self._has_identity_skip(module, skip):
+            return None  # a plain stage: without a skip there is no branch to separate
+        return _with_first(out, skip + _balanced(tensor - skip, self._stream[module]))
+
+    def _has_identity_skip(self, module: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``module`` returns its input when all its parameters are zero (once per module): true of
+        ``x + branch(x)``, false of a stage without a skip, which must not be split as if it had one."""
+        if module not in self._identity_skip:
+            zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+            mode, self.mode = self.mode, "off"  # the module as it is, none of these hooks
+            try:
+                with torch.no_grad():
+                    out = _first(functional_call(module, zeros, (x.detach(),)))
+            finally:
+                self.mode = mode
+            self._identity_skip[module] = out.shape == x.shape and bool(torch.allclose(out, x))
+        return self._identity_skip[module]
 
     def _block_hook(self, module: nn.Module, args, out):
         if self.mode in ("off", "real"):
             return None
-        tensor = out[0] if isinstance(out, tuple) else out
+        tensor = _first(out)
         scale = _magnitude(tensor)
         if not (math.isfinite(scale) and scale > 0):
             return None
         self.log_scale += math.log(scale)
         # In the no-grad data pass the block's output has no other user, so it is rescaled in place.
-        scaled = tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale
-        return (scaled, *out[1:]) if isinstance(out, tuple) else scaled
+        return _with_first(out, tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale)
 
     def attention(self, module, query, key, value, attention_mask, scaling: Optional[float]):
         """The attention of ``module`` in the current mode; returns ``(output, probabilities)``."""
@@ -367,6 +379,16 @@ class LinearizedPasses:
             if self.mode == "real":
                 self._keep(module, probs.detach())
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _first(out) -> torch.Tensor:
+    """The hidden states of a module output that may be a tuple (transformers blocks)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_first(out, tensor: torch.Tensor):
+    """``out`` with its hidden states replaced by ``tensor``."""
+    return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
 
 
 def _magnitude(tensor: torch.Tensor) -> float:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterable, Optional
 
 import torch
