@@ -1,7 +1,9 @@
 """px_hf: PX (Path eXclusion) pruning at initialization for Hugging Face vision models."""
 
 from .config import PXConfig
-from .errors import ConfigError, DataError, ModelError, PXError
+from .errors import (
+    ConfigError, DataError, HubError, ModelError, OutputDirError, PrunedModelError, PXError,
+)
 from .masks import apply_masks, density_schedule, select_masks, shuffle_masks, top_k_mask
 from .pruner import PXPruner
 from .summary import PruningSummary
@@ -10,5 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PXPruner", "PXConfig", "PruningSummary", "PXError", "ConfigError", "DataError", "ModelError",
+    "OutputDirError", "PrunedModelError", "HubError",
     "apply_masks", "density_schedule", "select_masks", "shuffle_masks", "top_k_mask", "__version__",
 ]

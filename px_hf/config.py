@@ -172,7 +172,7 @@ class PXConfig:
     def save_pretrained(self, directory: str) -> None:
         """Write the config alone to ``directory/pruning_config.json``."""
         from . import __version__
-        from .hub.save import PRUNING_CONFIG_FILE
+        from .hub.files import PRUNING_CONFIG_FILE
 
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
@@ -183,7 +183,7 @@ class PXConfig:
                         token: Optional[str] = None) -> "PXConfig":
         """Read the config from a directory or Hub repo holding a ``pruning_config.json`` (a pruned model's or
         one written by :meth:`save_pretrained`)."""
-        from .hub.save import PRUNING_CONFIG_FILE
+        from .hub.files import PRUNING_CONFIG_FILE
 
         path = os.path.join(name_or_path, PRUNING_CONFIG_FILE)
         if not os.path.isdir(name_or_path):

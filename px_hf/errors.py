@@ -15,3 +15,15 @@ class ModelError(PXError):
 
 class DataError(PXError):
     """Pruning data px_hf cannot use (no labels, too few examples of a class, wrong shape, ...)."""
+
+
+class OutputDirError(PXError):
+    """A place px_hf will not save to: a file, a directory holding other files, or one it cannot write."""
+
+
+class PrunedModelError(PXError):
+    """A saved pruned model that cannot be restored exactly (missing, corrupt or inconsistent files)."""
+
+
+class HubError(PXError):
+    """The Hugging Face Hub could not be reached or refused a request (offline, no token, no access)."""

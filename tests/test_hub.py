@@ -29,7 +29,7 @@ CLIENT = textwrap.dedent(
         PXPruner.from_pretrained("px-tests/vit-px")
         out["private_without_token"] = "loaded"
     except Exception as err:
-        out["private_without_token"] = type(err).__name__
+        out["private_without_token"] = f"{type(err).__name__}: {err}"
     restored = PXPruner.from_pretrained("px-tests/vit-px", token="secret")
     a, b = pruner.model.state_dict(), restored.model.state_dict()
     out["bit_exact"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -77,7 +77,9 @@ def test_push_and_pull_through_a_local_hub(hub, tmp_path):
     out = json.loads(line[len("RESULT "):])
     assert out["bit_exact"] and out["masks_equal"] and out["plain_zeros"] and out["compact_bit_exact"]
     assert out["pruning_set_source"] == "digits"
-    assert out["private_without_token"] == "RepositoryNotFoundError"
+    # A private repo without a token: px_hf's HubError, naming the repo and the Hub's answer.
+    assert out["private_without_token"].startswith("HubError: fetching 'px-tests/vit-px' from the Hub failed: "
+                                                    "RepositoryNotFoundError"), out["private_without_token"]
     assert out["pinned_format"] == "dense"
     assert out["config_round_trip"]
     assert out["base_loaded_unpruned"] == "ResNetForImageClassification"

@@ -12,7 +12,8 @@ from transformers import AutoModelForImageClassification
 from torch import nn
 
 from px_hf import PXConfig, PXPruner
-from px_hf.hub.mask_file import PrunedModelError, file_sha256, pack_bits, save_masks
+from px_hf import PrunedModelError
+from px_hf.hub.mask_file import file_sha256, pack_bits, save_masks
 from px_hf.zoo import small_model
 
 

@@ -8,8 +8,8 @@ from typing import Any, Optional
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..summary import PruningSummary
+from .files import CARD_FILE, DENSITY_PLOT
 
-DENSITY_PLOT = "density_per_layer.png"
 TAGS = ["pruning", "pruning-at-initialization", "px", "image-classification"]
 
 
@@ -110,4 +110,4 @@ def _finetuning(record: dict[str, Any]) -> str:
 
 def write_card(directory: str, summary: PruningSummary, record: dict[str, Any], repo_id: Optional[str] = None) -> None:
     plot_density(summary, os.path.join(directory, DENSITY_PLOT))
-    model_card(summary, record, repo_id).save(os.path.join(directory, "README.md"))
+    model_card(summary, record, repo_id).save(os.path.join(directory, CARD_FILE))

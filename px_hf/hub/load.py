@@ -11,8 +11,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .mask_file import MASK_FILE, PrunedModelError, file_sha256, load_masks
-from .save import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, PRUNING_CONFIG_FILE
+from ..errors import PrunedModelError
+from .files import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE
+from .mask_file import file_sha256, load_masks
+
+
+# What a pruning record must hold to be checked against its masks.
+_REQUIRED = {"config": dict, "architecture": str, "mask_sha256": str, "kept_params": int, "prunable_params": int,
+             "target_density": (int, float), "achieved_density": (int, float)}
 
 
 def read_record(directory: str) -> Optional[dict[str, Any]]:
@@ -27,7 +33,42 @@ def read_record(directory: str) -> Optional[dict[str, Any]]:
         raise PrunedModelError(f"{path} is not a readable JSON file: {err}") from err
     if not isinstance(record, dict):
         raise PrunedModelError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    missing = [key for key, kind in _REQUIRED.items() if not isinstance(record.get(key), kind)
+               or isinstance(record.get(key), bool)]
+    if missing:
+        raise PrunedModelError(f"{path} lacks {', '.join(missing)} (or holds the wrong type): it was not written by "
+                               "px_hf's save_pretrained, or it was damaged")
     return record
+
+
+def check_record(record: dict[str, Any], masks: dict[str, torch.Tensor], path: str) -> None:
+    """Raise :class:`PrunedModelError` when ``record`` misreports ``masks`` (an edited or foreign record)."""
+    from ..config import PXConfig
+    from ..errors import ConfigError
+
+    try:
+        config = PXConfig.from_dict(record["config"])
+    except (ConfigError, TypeError) as err:
+        raise PrunedModelError(f"{path} holds an invalid config: {err}") from err
+    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    problems = []
+    if abs(config.density - record["target_density"]) > 1e-9:
+        problems.append(f"config.sparsity {config.sparsity} but target_density {record['target_density']}")
+    if not record.get("dense_parameters"):  # a new head's mask was dropped: the counts are the original model's
+        if (kept, total) != (record["kept_params"], record["prunable_params"]):
+            problems.append(f"it records {record['kept_params']} of {record['prunable_params']} weights kept, the "
+                            f"masks keep {kept} of {total}")
+        elif abs(kept / total - record["achieved_density"]) > 1e-9:
+            problems.append(f"achieved_density {record['achieved_density']} but the masks keep {kept / total:.6f}")
+        # Rounding to whole weights (per tensor with a layer-wise threshold) is the only allowed gap.
+        elif abs(record["achieved_density"] - config.density) > len(masks) / total + 1e-9 and not (
+                config.scope == "layer" and record.get("previous_pruning")):
+            problems.append(f"the masks keep {kept / total:.6f} of the weights, not the configured density "
+                            f"{config.density:.6f}")
+    if problems:
+        raise PrunedModelError(f"{path} disagrees with the masks: {'; '.join(problems)}. The file was edited or "
+                               "belongs to other masks; px_hf does not load a record that misreports them")
 
 
 def _load_file(path: str) -> dict[str, torch.Tensor]:
@@ -126,10 +167,7 @@ def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: dict[
                 f"{name} has non-zero weights at pruned positions: the weights in {directory} do not belong to "
                 "these masks"
             )
-    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-    if record.get("kept_params") is not None and kept != record["kept_params"] and not record.get("dense_parameters"):
-        raise PrunedModelError(f"the masks keep {kept} weights but {PRUNING_CONFIG_FILE} records "
-                               f"{record['kept_params']}")
+    check_record(record, masks, os.path.join(directory, PRUNING_CONFIG_FILE))
 
 
 def load_pruned(

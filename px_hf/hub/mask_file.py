@@ -11,14 +11,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import PXError
+from ..errors import PrunedModelError
 
-MASK_FILE = "px_masks.safetensors"
 MASK_FORMAT = "px_hf.packbits.v1"
-
-
-class PrunedModelError(PXError):
-    """A saved pruned model that cannot be restored exactly (missing, corrupt or inconsistent files)."""
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

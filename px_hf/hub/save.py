@@ -1,11 +1,10 @@
-"""Write a pruned model to a directory: transformers layout, masks, pruning config and model card, atomically."""
+"""Write a pruned model into a directory: transformers layout (or compact weights), masks, pruning config, card."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Optional
 
 import torch
@@ -14,11 +13,8 @@ from torch import nn
 
 from ..summary import PruningSummary
 from .card import write_card
-from .mask_file import MASK_FILE, save_masks
-
-PRUNING_CONFIG_FILE = "pruning_config.json"
-COMPACT_WEIGHTS_FILE = "px_compact.safetensors"
-GENERIC_WEIGHTS_FILE = "model.safetensors"
+from .files import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE
+from .mask_file import save_masks
 
 
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,7 +30,11 @@ def _save_compact(model: nn.Module, masks: Mapping[str, torch.Tensor], directory
         tensors[name] = value[masks[name]].contiguous() if name in masks else value.contiguous().clone()
     save_file(tensors, os.path.join(directory, COMPACT_WEIGHTS_FILE), metadata={"format": "px_hf.compact.v1"})
     if hasattr(model, "config"):
-        model.config.save_pretrained(directory)
+        # save_pretrained records the class in `architectures`; a config saved alone must too, or loading cannot
+        # tell which head to build.
+        config = copy.deepcopy(model.config)
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(directory)
 
 
 def _save_dense(model: nn.Module, directory: str) -> None:
@@ -68,28 +68,3 @@ def write_pruning_files(
     with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)
     return record
-
-
-def save_atomically(directory: str, write) -> None:
-    """Call ``write(staging_dir)`` and move the result to ``directory``.
-
-    Everything is written to a temporary directory beside the target and moved into place at the end, so an
-    interrupted save never leaves a directory that loads as a valid but wrong model; a previous save at the same
-    place is replaced only once the new one is complete.
-    """
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".px_hf-save-", dir=parent)
-    try:
-        write(staging)
-        if os.path.lexists(directory):
-            old = tempfile.mkdtemp(prefix=".px_hf-old-", dir=parent)
-            os.replace(directory, os.path.join(old, "previous"))
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
