@@ -11,15 +11,17 @@ import torch
 Masks = dict[str, torch.Tensor]
 
 
-def density_schedule(density: float, rounds: int, schedule: str = "exponential") -> list[float]:
-    """Density to keep after each round; the last entry is ``density``.
+def density_schedule(density: float, rounds: int, schedule: str = "exponential", start: float = 1.0) -> list[float]:
+    """Density to keep after each round, falling from ``start`` (1 for an unpruned model); the last entry is
+    ``density``.
 
-    ``exponential`` is the published schedule: round r (0-based) keeps ``density ** ((r + 1) / rounds)``.
+    ``exponential`` is the published schedule: round r (0-based) keeps ``start * (density / start) ** ((r + 1) /
+    rounds)``.
     """
     if schedule == "exponential":
-        return [density ** ((r + 1) / rounds) for r in range(rounds)]
+        return [start * (density / start) ** ((r + 1) / rounds) for r in range(rounds)]
     if schedule == "linear":
-        return [1.0 - (1.0 - density) * (r + 1) / rounds for r in range(rounds)]
+        return [start - (start - density) * (r + 1) / rounds for r in range(rounds)]
     raise ValueError(f"unknown schedule {schedule!r}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -12,9 +13,9 @@ from tqdm.auto import tqdm
 from .config import PXConfig
 from .data import PruningSet, build_pruning_set
 from .distributed import ProcessContext
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .masks import apply_masks, density_schedule, select_masks, shuffle_masks
-from .modeling.io import forward
+from .modeling.io import float32_weights, forward
 from .modeling.passes import LinearizedPasses
 from .modeling.structure import parameter_roles
 from .scoring import DATA_SCORERS, LABEL_SCORERS, SCORERS, ScoringContext
@@ -44,14 +45,27 @@ class PXPruner:
             raise TypeError(f"PXPruner needs a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.config = config if config is not None else PXConfig()
-        self.prunable: list[str] = resolve_prunable(model, self.config.include, self.config.exclude)
         self.masks: dict[str, torch.Tensor] = {}
+        # The config that produced self.masks (self.config is the one the next prune() uses).
+        self.masks_config: Optional[PXConfig] = None
         self.scores: dict[str, torch.Tensor] = {}
         self.pruning_set: Optional[PruningSet] = None
         self._saved_record: dict[str, Any] = {}
         # Per round: density, seconds, bytes all-reduced by this process.
         self.history: list[dict[str, float]] = []
         self.masks_sha256: Optional[str] = None
+
+    @property
+    def config(self) -> PXConfig:
+        """The config of the next :meth:`prune`; setting it re-resolves :attr:`prunable`."""
+        return self._config
+
+    @config.setter
+    def config(self, config: PXConfig) -> None:
+        if not isinstance(config, PXConfig):
+            raise TypeError(f"config must be a PXConfig, got {type(config).__name__}")
+        self.prunable: list[str] = resolve_prunable(self.model, config.include, config.exclude)
+        self._config = config
 
     @classmethod
     def from_pretrained(
@@ -61,8 +75,8 @@ class PXPruner:
         """Load a model from a local directory or a Hub repo.
 
         When it holds a pruned model (a ``pruning_config.json``), the model and its masks are restored exactly:
-        the mask file's hash is verified, and the weights must be zero wherever the masks prune; ``config``
-        defaults to the saved one. Otherwise the model is loaded with transformers'
+        the mask file's hash is verified, the weights must be zero wherever the masks prune, and the record must
+        agree with the masks; ``config`` (for a further :meth:`prune`) defaults to the saved one. Otherwise the model is loaded with transformers'
         ``AutoModelForImageClassification``, ready to prune with ``config``.
 
         Args:
@@ -78,14 +92,18 @@ class PXPruner:
         if record is None:
             if model is not None:
                 raise ModelError(f"{name_or_path} holds no pruned model (no pruning_config.json)")
+            if directory is not None and not os.path.isfile(os.path.join(directory, "config.json")):
+                raise ModelError(f"{name_or_path!r} holds no model (no config.json" +
+                                 (", the directory is empty)" if not os.listdir(directory) else ")"))
             from transformers import AutoModelForImageClassification
 
             model = AutoModelForImageClassification.from_pretrained(
                 name_or_path, revision=revision, token=token, **model_kwargs)
             return cls(model, config)
         model, masks = load_pruned(directory, record, model=model, **model_kwargs)
-        pruner = cls(model, config if config is not None else PXConfig.from_dict(record["config"]))
-        pruner.masks = masks
+        saved_config = PXConfig.from_dict(record["config"])
+        pruner = cls(model, config if config is not None else saved_config)
+        pruner.masks, pruner.masks_config = masks, saved_config
         pruner._saved_record = record
         return pruner
 
@@ -134,6 +152,11 @@ class PXPruner:
     ) -> dict[str, torch.Tensor]:
         """Compute the masks and zero the pruned weights of ``self.model`` in place.
 
+        An already pruned model (loaded with :meth:`from_pretrained`, or pruned before) is pruned further from its
+        masks: a pruned weight stays pruned, the density falls from the current one to ``config.density``, and the
+        earlier pruning is kept in the record under ``previous_pruning``. Half-precision models are scored in
+        float32 and keep their dtype.
+
         Args:
             data: ``(inputs, labels)`` tensors, a DataLoader yielding ``(inputs, labels)`` or dicts with
                 ``pixel_values``/``labels``, or a ``datasets.Dataset`` (with ``image_processor`` or
@@ -156,21 +179,62 @@ class PXPruner:
                                             transform, image_column, label_column)
             if source is not None:
                 pruning_set.source = source
-        self.pruning_set = pruning_set
         process = ProcessContext(cpu=config.cpu, mixed_precision=config.mixed_precision)
         self.model.to(process.device)
-        device, dtype = self._device_and_dtype()
         params = dict(self.model.named_parameters())
+        masks, start = self._starting_masks(params)
+        # An error inside the rounds leaves some weights zeroed: prune a copy where that matters.
+        with float32_weights(self.model):
+            masks = self._run_rounds(pruning_set, masks, start, params, process, callback, progress)
+        if self.masks:
+            self._move_to_history()
+        self.pruning_set, self.masks, self.masks_config = pruning_set, masks, config
+        self.masks_sha256 = process.check_identical(self.masks)
+        return self.masks
+
+    def _starting_masks(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+        """All-True masks for an unpruned model; else its masks (checked against this config) and density."""
+        if not self.masks:
+            return {n: torch.ones_like(params[n], dtype=torch.bool) for n in self.prunable}, 1.0
+        config = self.config
+        outside = [n for n in self.masks if n not in self.prunable]
+        if outside:
+            raise ConfigError(f"the model is already pruned in {len(outside)} tensor(s) this config leaves out (e.g. "
+                              f"{outside[:2]}); a pruned weight stays pruned, so include/exclude must cover them")
+        if config.sanity_check is not None:
+            raise ConfigError(f"sanity_check={config.sanity_check!r} needs an unpruned model, and this one is "
+                              "already pruned; start from the unpruned model")
+        masks = {n: self.masks[n].to(params[n].device).clone() if n in self.masks
+                 else torch.ones_like(params[n], dtype=torch.bool) for n in self.prunable}
+        density = sum(int(torch.count_nonzero(m)) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        if config.density > density + 1e-12:
+            raise ConfigError(
+                f"the model is already pruned to {1 - density:.4%} sparsity (density {density:.6f}) and pruned "
+                f"weights stay pruned, so sparsity={config.sparsity} cannot be reached; ask for at least "
+                f"{1 - density:.6f}, or start from the unpruned model")
+        apply_masks(params, masks)
+        return masks, density
+
+    def _move_to_history(self) -> None:
+        """Keep what the current masks record under ``previous_pruning`` before they are pruned further."""
+        record = self.pruning_record()
+        entry = {k: record[k] for k in ("config", "achieved_density", "kept_params", "pruning_set", "finetuning",
+                                        "dense_parameters") if record.get(k) is not None}
+        self._saved_record = {"base_model": record.get("base_model"),
+                              "previous_pruning": [*(record.get("previous_pruning") or []), entry]}
+
+    def _run_rounds(self, pruning_set, masks, start, params, process, callback, progress) -> dict[str, torch.Tensor]:
+        config = self.config
+        device, dtype = self._device_and_dtype()
         initial = ({n: params[n].detach().clone() for n in self.prunable}
                    if config.sanity_check == "shuffle" else None)
-        masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in self.prunable}
         generator = torch.Generator().manual_seed(config.seed)
         batches = [] if pruning_set is None else [
             (x.to(dtype=dtype), y)
             for x, y in pruning_set.batches(config.batch_size, device, process.rank, process.world_size)
         ]
         scorer = SCORERS[config.scorer]
-        schedule = density_schedule(config.density, config.num_rounds, config.schedule)
+        schedule = density_schedule(config.density, config.num_rounds, config.schedule, start)
         # px_norm is PX's choice; the gradient baselines score the network as it trains, BatchNorm on batch
         # statistics (with running statistics at initialization a deep ResNet's logits overflow GraSP's Hessian).
         norm = config.px_norm if config.scorer == "px" else "gated"
@@ -204,9 +268,7 @@ class PXPruner:
                 if callback is not None:
                     callback(round_index, density, masks)
         self.scores = {n: s.detach().masked_fill(~masks[n], 0.0) for n, s in scores.items()}
-        self.masks = self._sanity_check(masks, params, initial, generator)
-        self.masks_sha256 = process.check_identical(self.masks)
-        return self.masks
+        return self._sanity_check(masks, params, initial, generator)
 
     def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> None:
         for name, score in scores.items():
@@ -244,17 +306,18 @@ class PXPruner:
 
         summary = self.summary()
         model_config = getattr(self.model, "config", None)
+        config = self.masks_config or self.config
         record = dict(self._saved_record)  # a loaded model keeps what was recorded when it was pruned
         record.update({
             "px_hf_version": __version__,
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
-            "config": self.config.to_dict(),
-            "scorer": self.config.scorer,
-            "schedule": self.config.schedule,
-            "scope": self.config.scope,
-            "rounds": self.config.num_rounds,
-            "target_density": round(self.config.density, 12),
+            "config": config.to_dict(),
+            "scorer": config.scorer,
+            "schedule": config.schedule,
+            "scope": config.scope,
+            "rounds": config.num_rounds,
+            "target_density": round(config.density, 12),
             "achieved_density": summary.density,
             "prunable_params": summary.params,
             "kept_params": summary.kept,
@@ -269,8 +332,8 @@ class PXPruner:
                 "source": self.pruning_set.source,
                 "split": self.pruning_set.split,
                 "examples": len(self.pruning_set),
-                "examples_per_class": self.config.examples_per_class,
-                "seed": self.config.seed,
+                "examples_per_class": config.examples_per_class,
+                "seed": config.seed,
                 "indices_sha256": self.pruning_set.indices_sha256,
             }
         record.setdefault("pruning_set", None)
@@ -281,7 +344,7 @@ class PXPruner:
         of fine-tuning); they survive loading and saving again."""
         self._saved_record.update(fields)
 
-    def save_pretrained(self, directory: str, compact: bool = False) -> None:
+    def save_pretrained(self, directory: str, compact: bool = False, overwrite: bool = True) -> None:
         """Save the pruned model to ``directory``.
 
         Writes the transformers layout (``config.json``, ``model.safetensors`` with exact zeros, loadable by plain
@@ -289,11 +352,17 @@ class PXPruner:
         ``pruning_config.json`` and a model card with a density plot. ``compact=True`` stores only the kept
         values (``px_compact.safetensors``, a quarter of the dense size or less at 90% sparsity), which only
         px_hf loads. The directory is written elsewhere first and moved into place when complete.
+
+        ``directory`` may be new, empty, or hold a saved model, which is replaced when ``overwrite`` is true;
+        a file, or a directory holding anything else, raises :class:`~px_hf.OutputDirError` (px_hf never
+        deletes files it did not write).
         """
-        from .hub.save import save_atomically, write_pruned
+        from .hub.directory import save_atomically
+        from .hub.save import write_pruned
 
         record = self.pruning_record()
-        save_atomically(directory, lambda folder: write_pruned(folder, self.model, self.masks, record, compact))
+        save_atomically(directory, lambda folder: write_pruned(folder, self.model, self.masks, record, compact),
+                        overwrite=overwrite)
 
     def push_to_hub(
         self, repo_id: str, private: Optional[bool] = None, commit_message: Optional[str] = None,

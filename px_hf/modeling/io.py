@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import contextlib
+from typing import Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -26,6 +27,35 @@ def output_tensor(output) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"cannot find an output tensor in a {type(output).__name__}")
+
+
+@contextlib.contextmanager
+def float32_weights(model: nn.Module) -> Iterator[None]:
+    """Hold ``model``'s half-precision (float16/bfloat16) parameters and buffers in float32 inside the block, and
+    give them back their own dtype after it.
+
+    Scores are products of many weights and activations: in half precision they overflow or underflow. The
+    round trip is exact (every half value is a float32 value), and zeros written inside stay zeros.
+    """
+    half = (torch.float16, torch.bfloat16)
+    changed = [(module, key, tensor.dtype, kind) for module in model.modules()
+               for kind, tensors in (("param", module._parameters), ("buffer", module._buffers))
+               for key, tensor in tensors.items() if tensor is not None and tensor.dtype in half]
+    for module, key, _, kind in changed:
+        _set(module, key, kind, torch.float32)
+    try:
+        yield
+    finally:
+        for module, key, dtype, kind in changed:
+            _set(module, key, kind, dtype)
+
+
+def _set(module: nn.Module, key: str, kind: str, dtype: torch.dtype) -> None:
+    if kind == "param":
+        # .data keeps the Parameter object, so optimizers and dicts holding it stay valid.
+        module._parameters[key].data = module._parameters[key].data.to(dtype)
+    else:
+        module._buffers[key] = module._buffers[key].to(dtype)
 
 
 def forward(
