@@ -9,7 +9,7 @@ import time
 from typing import Optional, Sequence
 
 from .config import SCORERS, PXConfig
-from .errors import PXError
+from .errors import DataError, HubError, PXError
 
 DEFAULT_OUTPUT_DIR = "px-hf-output"
 
@@ -39,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="class-balanced pruning set size per class; 0 uses every example (default 10)")
     prune.add_argument("--batch-size", type=int, default=32)
     prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--image-size", type=int, default=32, help="image size of the built-in small models")
+    prune.add_argument("--image-size", type=_positive_int, default=32,
+                       help="image size of the built-in small models (default 32)")
     prune.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
-                       help=f"where to save the pruned model (default ./{DEFAULT_OUTPUT_DIR})")
+                       help=f"where to save the pruned model (default ./{DEFAULT_OUTPUT_DIR}): a new or empty "
+                            "directory, or one holding a saved model with --overwrite; anything else is refused")
+    prune.add_argument("--overwrite", action="store_true",
+                       help="replace the saved model already in --output-dir (never files px_hf did not write)")
     prune.add_argument("--compact", action="store_true",
                        help="store only the kept weights (smaller; loads with px_hf only)")
     prune.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
@@ -55,23 +59,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_model(name: str, image_size: int, num_labels: int, seed: int):
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _load_pruner(args, config: PXConfig, num_labels: int):
+    """A PXPruner around ``--model``: a built-in family, or a local directory or Hub id (a pruned model comes back
+    with its masks, and is pruned further from them)."""
+    from .pruner import PXPruner
     from .zoo import FAMILIES, small_model
 
+    name = args.model
     if name in FAMILIES:
-        return small_model(name, num_labels=num_labels, image_size=image_size, seed=seed)
-    from transformers import AutoModelForImageClassification
-
-    if not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise PXError(f"--model {name!r} is neither a built-in family nor a local directory, and the Hub is "
-                      "offline (HF_HUB_OFFLINE=1)")
-    return AutoModelForImageClassification.from_pretrained(name)
+        return PXPruner(small_model(name, num_labels=num_labels, image_size=args.image_size, seed=args.seed), config)
+    if not os.path.isdir(name):
+        if os.path.exists(name):
+            raise PXError(f"--model {name!r} is a file; give a directory holding a model, a Hub id, or "
+                          f"{', '.join(FAMILIES)}")
+        if _offline():
+            raise PXError(f"--model {name!r} is neither a built-in family ({', '.join(FAMILIES)}) nor a local "
+                          "directory, and the Hub is offline (HF_HUB_OFFLINE=1)")
+    return PXPruner.from_pretrained(name, config)
 
 
 def _model_input_spec(model, default_size: int) -> tuple[int, int]:
     config = getattr(model, "config", None)
     size = getattr(config, "image_size", default_size)
     return getattr(config, "num_channels", 3), size if isinstance(size, int) else size[0]
+
+
+def _check_data(args) -> int:
+    """Check ``--data`` before any model is built; return its number of classes (10 when unknown)."""
+    from .data import image_folder_classes
+
+    if args.data == "digits":
+        return 10
+    if os.path.isdir(args.data):
+        classes = image_folder_classes(args.data)
+        if len(classes) < 2 and args.examples_per_class:
+            raise DataError(
+                f"the image folder {args.data} has {len(classes)} class sub-director{'y' if classes else 'ies'} "
+                f"{classes}; a class-balanced pruning set needs one sub-directory per class (two or more), or "
+                "--examples-per-class 0 to use every image without labels")
+        return max(len(classes), 1)
+    if os.path.exists(args.data):
+        raise DataError(f"--data {args.data!r} is a file; give 'digits', an image folder or a datasets name")
+    if _offline():
+        raise DataError(f"--data {args.data!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE=1), so it "
+                        "cannot be a datasets name either")
+    return 10
 
 
 def _load_data(args, model):
@@ -84,10 +127,13 @@ def _load_data(args, model):
         return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, "scikit-learn digits"
     from datasets import load_dataset
 
-    if os.path.isdir(args.data):
-        dataset = load_dataset("imagefolder", data_dir=args.data, split=args.split)
-    else:
-        dataset = load_dataset(args.data, split=args.split)
+    try:
+        if os.path.isdir(args.data):
+            dataset = load_dataset("imagefolder", data_dir=args.data, split=args.split)
+        else:
+            dataset = load_dataset(args.data, split=args.split)
+    except (OSError, ValueError, ConnectionError) as err:  # datasets' errors for missing or unreadable data
+        raise DataError(f"cannot load --data {args.data!r} (split {args.split!r}): {type(err).__name__}: {err}") from err
     try:
         from transformers import AutoImageProcessor
 
@@ -114,9 +160,9 @@ def _basic_transform(channels: int, size: int):
 
 def prune_command(args: argparse.Namespace) -> int:
     """Prune, report and save; under ``accelerate launch``/``torchrun`` every process scores its shard and only
-    the main process prints and writes."""
+    the main process prints and writes. Everything that can be checked is checked before pruning starts."""
     from .distributed import process_state
-    from .pruner import PXPruner
+    from .hub.directory import check_output_dir
 
     config = PXConfig(
         sparsity=args.sparsity, scorer=args.scorer, rounds=args.rounds, schedule=args.schedule, scope=args.scope,
@@ -125,11 +171,18 @@ def prune_command(args: argparse.Namespace) -> int:
     )
     state = process_state(cpu=args.cpu)
     say = print if state.is_main_process else (lambda *a, **k: None)
-    model = _load_model(args.model, args.image_size, 10, args.seed)
+    if state.is_main_process:
+        check_output_dir(args.output_dir, args.overwrite, "--output-dir")
+    if args.push_to_hub and _offline():
+        raise PXError(f"--push-to-hub {args.push_to_hub}: the Hub is offline (HF_HUB_OFFLINE=1); save locally and "
+                      "push later")
+    num_labels = _check_data(args)
+    pruner = _load_pruner(args, config, num_labels)
+    model = pruner.model
     data, data_kwargs, description = _load_data(args, model)
-    pruner = PXPruner(model, config)
+    already = f", from its masks at {pruner.summary().density:.2%} density" if pruner.masks else ""
     say(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
-        f"in {config.num_rounds} round(s) on {description}"
+        f"in {config.num_rounds} round(s) on {description}{already}"
         + (f", {state.num_processes} processes" if state.num_processes > 1 else ""))
     start = time.perf_counter()
     pruner.prune(data, progress=not args.no_progress, source=description, **data_kwargs)
@@ -143,11 +196,14 @@ def prune_command(args: argparse.Namespace) -> int:
     say(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
     say(f"masks sha256: {pruner.masks_sha256} (identical on all {state.num_processes} process(es))")
     if state.is_main_process:
-        pruner.save_pretrained(args.output_dir, compact=args.compact)
+        pruner.save_pretrained(args.output_dir, compact=args.compact, overwrite=args.overwrite)
         say(f"saved to {os.path.abspath(args.output_dir)}")
         if args.push_to_hub:
-            info = pruner.push_to_hub(args.push_to_hub, private=args.private, token=args.hub_token,
-                                      compact=args.compact)
+            try:
+                info = pruner.push_to_hub(args.push_to_hub, private=args.private, token=args.hub_token,
+                                          compact=args.compact)
+            except HubError as err:
+                raise HubError(f"{err} (the pruned model is saved in {os.path.abspath(args.output_dir)})") from err
             say(f"pushed to {info.commit_url}")
     state.wait_for_everyone()
     return 0

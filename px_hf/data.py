@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +19,32 @@ from .errors import DataError
 
 _IMAGE_COLUMNS = ("pixel_values", "image", "img")
 _LABEL_COLUMNS = ("labels", "label")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_folder_classes(path: str) -> list[str]:
+    """The class sub-directories (those holding images) of an image folder, sorted.
+
+    Raises :class:`DataError` when ``path`` is not a folder or holds no image at all.
+    """
+    if not os.path.isdir(path):
+        raise DataError(f"{path!r} is not a folder" + (" (it is a file)" if os.path.exists(path) else ""))
+
+    def is_image(name: str) -> bool:
+        return name.lower().endswith(IMAGE_EXTENSIONS)
+
+    classes, loose = [], 0
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if os.path.isdir(full):
+            if any(is_image(f) for _, _, files in os.walk(full) for f in files):
+                classes.append(entry)
+        elif is_image(entry):
+            loose += 1
+    if not classes and not loose:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}; an image folder holds one "
+                        "sub-directory of images per class")
+    return classes
 
 
 @dataclass
@@ -170,7 +198,7 @@ def _from_dataset(
     indices = list(range(len(dataset))) if per_class is None else balanced_indices(labels, per_class, seed)
     if not indices:
         raise DataError("the dataset is empty")
-    images = dataset.select(indices)[image_column]
+    images = _decoded(dataset.select(indices), image_column)
     if image_processor is not None:
         inputs = image_processor(images=[im.convert("RGB") if hasattr(im, "convert") else im for im in images],
                                  return_tensors="pt")["pixel_values"]
@@ -187,6 +215,38 @@ def _from_dataset(
                       None if split is None else str(split))
 
 
+def _decoded(dataset: Any, column: str) -> Any:
+    """The column's values, images decoded one by one so that an unreadable file is named."""
+    from datasets import Image as ImageFeature
+
+    feature = dataset.features.get(column)
+    if not isinstance(feature, ImageFeature) or not feature.decode:
+        return dataset[column]
+    from PIL import Image
+
+    images = []
+    for item in dataset.cast_column(column, ImageFeature(decode=False))[column]:
+        name = item.get("path") or "an image stored in the dataset"
+        try:
+            image = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+            image.load()
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for damaged files
+            raise DataError(f"cannot read the image {name}: {err}") from None
+        images.append(image)
+    return images
+
+
+def _check_finite(pruning_set: PruningSet) -> PruningSet:
+    inputs = pruning_set.inputs
+    if inputs.is_floating_point():
+        bad = ~torch.isfinite(inputs.reshape(inputs.shape[0], -1)).all(dim=1)
+        if bad.any():
+            first = pruning_set.indices[int(torch.nonzero(bad)[0])]
+            raise DataError(f"{int(bad.sum())} pruning example(s) hold NaN or infinite values (the first is example "
+                            f"{first} of the data given); clean or re-normalize the inputs")
+    return pruning_set
+
+
 def build_pruning_set(
     data: Any,
     examples_per_class: Optional[int],
@@ -201,12 +261,13 @@ def build_pruning_set(
     ``data`` is a tensor of inputs, a pair ``(inputs, labels)``, a DataLoader yielding ``(inputs, labels)`` or
     dicts with ``pixel_values``/``labels``, or a ``datasets.Dataset`` (with ``image_processor`` or ``transform``
     when its images are PIL images). With ``examples_per_class`` set, exactly that many examples of every class
-    are drawn at random (seeded); otherwise every example is used.
+    are drawn at random (seeded); otherwise every example is used. Inputs holding NaN or infinity are refused.
     """
     if isinstance(data, DataLoader):
-        return _from_loader(data, examples_per_class, seed)
+        return _check_finite(_from_loader(data, examples_per_class, seed))
     if hasattr(data, "column_names") and hasattr(data, "select"):
-        return _from_dataset(data, examples_per_class, seed, image_processor, transform, image_column, label_column)
+        return _check_finite(_from_dataset(data, examples_per_class, seed, image_processor, transform, image_column,
+                                           label_column))
     if hasattr(data, "column_names"):
         raise DataError("got a DatasetDict; pass one split, e.g. dataset['train']")
     if isinstance(data, torch.Tensor):
@@ -227,4 +288,4 @@ def build_pruning_set(
         indices = list(range(inputs.shape[0]))
     else:
         indices = balanced_indices(labels, examples_per_class, seed)
-    return PruningSet(inputs[indices], None if labels is None else labels[indices], indices, "tensors")
+    return _check_finite(PruningSet(inputs[indices], None if labels is None else labels[indices], indices, "tensors"))

@@ -23,10 +23,14 @@ def small_model(
     """
     import torch
 
+    from .errors import ModelError
+
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ModelError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        raise ModelError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ModelError(f"image_size must be a positive number of pixels, got {image_size!r}")
     small = size == "small"
     common = dict(num_labels=num_labels, num_channels=num_channels, image_size=image_size)
     if family == "vit":
@@ -40,6 +44,19 @@ def small_model(
         arch = dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 2, 2], layer_type="basic",
                     downsample_in_first_stage=False) if small else {}
         config, model_cls = ResNetConfig(**{**common, **arch, **overrides}), ResNetForImageClassification
+    smallest = _smallest_image(family, config)
+    if image_size < smallest:
+        raise ModelError(f"image_size {image_size} is too small for this {family}: its downsampling needs at least "
+                         f"{smallest}x{smallest} pixels (patch_size {config.patch_size if family != 'resnet' else 4})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return model_cls(config)
+
+
+def _smallest_image(family: str, config) -> int:
+    """The smallest image side the family's stem and downsampling layers accept."""
+    if family == "vit":
+        return config.patch_size
+    if family == "convnext":  # a patchify stem, then a stride-2 downsampling before every later stage
+        return config.patch_size * 2 ** (config.num_stages - 1)
+    return 1  # ResNet's padded strided convolutions accept any size
