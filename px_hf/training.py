@@ -3,14 +3,15 @@ them."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from .hub.mask_file import PrunedModelError
+from .errors import PrunedModelError
 from .hub.load import load_pruned
 from .hub.save import write_pruning_files
 from .masks import apply_masks
@@ -31,6 +32,63 @@ def check_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor], where: str
             raise PrunedModelError(f"{where} has no parameter {name} for its mask")
         if torch.count_nonzero(params[name].detach()[~mask.to(params[name].device)]):
             raise PrunedModelError(f"{name} has non-zero weights at pruned positions in {where}")
+
+
+def checkpoint_architecture(checkpoint: str) -> Optional[str]:
+    """The model class a checkpoint (or saved model) directory was written for, from its config.json."""
+    try:
+        with open(os.path.join(checkpoint, "config.json")) as handle:
+            return (json.load(handle).get("architectures") or [None])[0]
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load the weights of a checkpoint written by ``save_pretrained`` (or the Trainer) into ``model`` in place.
+
+    Goes through transformers' own loading, which maps the key names a checkpoint was saved under to the
+    model's: transformers 5 saves some models (ViT among them) under legacy names that a plain
+    ``load_state_dict`` silently skips. Every tensor must be restored; anything missing is an error.
+    """
+    target = _unwrap(model)
+    saved = checkpoint_architecture(checkpoint)
+    if saved is not None and saved != type(target).__name__:
+        raise PrunedModelError(f"the checkpoint {checkpoint} holds a {saved}, but the model is a "
+                               f"{type(target).__name__}; resume from a checkpoint of the same model")
+    loaded, info = type(target).from_pretrained(checkpoint, output_loading_info=True)
+    missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
+    if missing:
+        raise PrunedModelError(f"the checkpoint {checkpoint} lacks or mis-shapes {len(missing)} tensor(s) of "
+                               f"{type(target).__name__} (e.g. {sorted(missing)[:3]})")
+    target.load_state_dict(loaded.state_dict(), strict=True)
+
+
+class PXTrainer(Trainer):
+    """transformers' ``Trainer``, except that resuming from a checkpoint (and ``load_best_model_at_end``)
+    restores every weight of a transformers model, through :func:`load_checkpoint_weights`.
+
+    The stock Trainer reads the checkpoint with a plain ``load_state_dict``; for models that transformers 5 saves
+    under legacy key names (ViT) most tensors are skipped with only a warning, and training silently restarts
+    from the initial weights. Use it with :class:`PXMaskCallback` to fine-tune pruned models.
+    """
+
+    def _restores_itself(self, model: nn.Module) -> bool:
+        # DeepSpeed and FSDP shard the weights: their own loaders must run.
+        return (isinstance(_unwrap(model), PreTrainedModel) and not self.is_deepspeed_enabled
+                and not self.is_fsdp_enabled)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        model = model if model is not None else self.model
+        if self._restores_itself(model):
+            load_checkpoint_weights(model, resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if self._restores_itself(self.model):
+            load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
+        else:
+            super()._load_best_model()
 
 
 class PXMaskCallback(TrainerCallback):

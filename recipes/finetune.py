@@ -26,13 +26,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from px_hf import PXConfig, PXPruner
 from px_hf.cli import shutdown_distributed
 from px_hf.errors import DataError, PXError
 from px_hf.metrics import load_metric
-from px_hf.training import PXMaskCallback
+from px_hf.training import PXMaskCallback, PXTrainer
 
 logger = logging.getLogger("px_hf.finetune")
 
@@ -201,14 +201,21 @@ def run(model_args, data_args, px_args, training_args) -> int:
     if data_args.max_eval_samples is not None:
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
 
+    requested = None
     if px_args.px_sparsity is not None:
         if pruner.masks:
             raise PXError(f"{model_args.model_name_or_path} is already pruned; drop --px_sparsity")
-        pruner.config = PXConfig(sparsity=px_args.px_sparsity, scorer=px_args.px_scorer, rounds=px_args.px_rounds,
-                                 examples_per_class=px_args.px_examples_per_class, seed=training_args.seed)
+        requested = PXConfig(sparsity=px_args.px_sparsity, scorer=px_args.px_scorer, rounds=px_args.px_rounds,
+                             examples_per_class=px_args.px_examples_per_class, seed=training_args.seed)
+    checkpoint = training_args.resume_from_checkpoint if training_args.do_train else None
+    if checkpoint is not None:
+        pruner = _resumed(checkpoint, pruner, requested, px_args.px_dense)
+        model = pruner.model
+    elif requested is not None:
+        pruner.config = requested
         pruner.prune(train, transform=to_tensor, image_column=image_column, label_column=label_column,
                      source=data_args.dataset_name or data_args.train_dir, progress=training_args.should_log)
-    elif not pruner.masks and not px_args.px_dense:
+    if not pruner.masks and not px_args.px_dense:
         raise PXError(f"{model_args.model_name_or_path} has no pruning config (pruning_config.json) and no masks; "
                       "prune it with px-hf prune or --px_sparsity, or pass --px_dense to train it dense")
     if not digits:
@@ -226,7 +233,7 @@ def run(model_args, data_args, px_args, training_args) -> int:
     callbacks = [PXMaskCallback(pruner.masks, pruner.pruning_record())] if pruner.masks else []
     push, training_args.push_to_hub = training_args.push_to_hub, False  # px_hf pushes, with masks and card
     training_args.remove_unused_columns = False
-    trainer = Trainer(model=model, args=training_args, train_dataset=train if training_args.do_train else None,
+    trainer = PXTrainer(model=model, args=training_args, train_dataset=train if training_args.do_train else None,
                       eval_dataset=validation if training_args.do_eval else None, compute_metrics=compute_metrics,
                       processing_class=processor, data_collator=_collate, callbacks=callbacks)
     metrics = {}
@@ -246,6 +253,43 @@ def run(model_args, data_args, px_args, training_args) -> int:
         _write_pruned_outputs(pruner, training_args, data_args, model_args, metrics, push)
     trainer.accelerator.wait_for_everyone()
     return 0
+
+
+def _resumed(checkpoint: str, pruner: PXPruner, requested: Optional[PXConfig], dense: bool) -> PXPruner:
+    """The pruner to resume with: the checkpoint's masks, after checking that they are the ones this run asks
+    for. Pruning again at initialization would give masks that disagree with the checkpoint's weights."""
+    from px_hf.hub.load import read_record
+    from px_hf.training import checkpoint_architecture
+
+    if not os.path.isdir(checkpoint):
+        raise PXError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
+    saved = checkpoint_architecture(checkpoint)
+    if saved is not None and saved != type(pruner.model).__name__:
+        raise PXError(f"the checkpoint {checkpoint} holds a {saved}, but this run trains a "
+                      f"{type(pruner.model).__name__}; resume from a checkpoint of the same model")
+    record = read_record(checkpoint)
+    if record is None:
+        if pruner.masks or requested is not None:
+            raise PXError(f"the checkpoint {checkpoint} has no pruning_config.json: it is not from a pruned run")
+        return pruner
+    if dense:
+        raise PXError(f"the checkpoint {checkpoint} is pruned; drop --px_dense to resume it")
+    resumed = PXPruner.from_pretrained(checkpoint)  # verifies the mask hash and the zeros in the weights
+    if requested is not None:
+        fields = ("sparsity", "scorer", "num_rounds", "examples_per_class", "seed")
+        differ = [f"{f}: asked {getattr(requested, f)}, checkpoint {getattr(resumed.masks_config, f)}"
+                  for f in fields if getattr(requested, f) != getattr(resumed.masks_config, f)]
+        if differ:
+            raise PXError(f"the checkpoint {checkpoint} was pruned with other options ({'; '.join(differ)}); "
+                          "resume with the options it was pruned with, or start a new run")
+        logger.info("resuming with the masks of %s (not pruning again)", checkpoint)
+        return resumed
+    same = resumed.masks.keys() == pruner.masks.keys() and all(
+        torch.equal(resumed.masks[n], pruner.masks[n]) for n in pruner.masks)
+    if not same:
+        raise PXError(f"the checkpoint {checkpoint} holds other masks than {type(pruner.model).__name__} loaded from "
+                      "--model_name_or_path; resume with the model the run started from")
+    return pruner
 
 
 def _collate(examples):

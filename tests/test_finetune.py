@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from px_hf import PXConfig, PXPruner
+from px_hf import PXConfig, PXError, PXPruner
 from px_hf.digits import load_digits
 from px_hf.zoo import small_model
 
@@ -75,22 +75,80 @@ def test_two_processes_keep_the_sparsity_and_learn(tmp_path):
     assert result.stdout.count("eval_accuracy") >= 1
 
 
+def _weights(directory):
+    """Every tensor of a saved model, under the loaded model's names."""
+    return {k: v.clone() for k, v in PXPruner.from_pretrained(str(directory)).model.state_dict().items()}
+
+
 @pytest.mark.slow
-def test_resume_from_a_checkpoint_keeps_the_masks(tmp_path):
+@pytest.mark.parametrize("family", ["vit", "convnext", "resnet"])
+def test_resuming_continues_exactly_where_the_checkpoint_left_off(tmp_path, family):
+    """Six steps in one run, and three steps resumed from the run's checkpoint-3, give the same model bit for bit
+    (restoring a tensor wrongly, or training from the initial weights, would not)."""
     x, y = load_digits()
-    pruner = PXPruner(small_model("vit"), PXConfig(sparsity=0.9, rounds=5))
+    pruner = PXPruner(small_model(family), PXConfig(sparsity=0.9, rounds=3))
     pruner.prune((x, y), progress=False)
     pruner.save_pretrained(tmp_path / "pruned")
-    common = ["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--output_dir",
-              str(tmp_path / "out"), "--do_train", "--save_steps", "10", *TRAIN]
-    _run([*common, "--max_steps", "20"])
-    _run([*common, "--max_steps", "30", "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-10")])
-    places = _assert_pruned_everywhere(tmp_path / "out", pruner.masks)
-    assert any(str(p).endswith("checkpoint-30") for p in places)
-    trained = dict(PXPruner.from_pretrained(str(tmp_path / "out" / "checkpoint-30")).model.named_parameters())
-    initial = dict(pruner.model.named_parameters())
-    name = "vit.layers.0.attention.v_proj.weight"
-    assert not torch.equal(trained[name], initial[name])  # it trained, and stayed sparse
+    common = ["--model_name_or_path", str(tmp_path / "pruned"), "--dataset_name", "digits", "--do_train",
+              "--save_steps", "3", "--max_steps", "6", *TRAIN]
+    _run([*common, "--output_dir", str(tmp_path / "straight")])
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    _run([*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", str(checkpoint)])
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert any(not torch.equal(_weights(checkpoint)[k], v) for k, v in straight.items())  # steps 4-6 changed it
+    assert resumed.keys() == straight.keys()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+    _assert_pruned_everywhere(tmp_path / "resumed", pruner.masks)
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext", "resnet"])
+def test_the_trainer_restores_every_tensor_of_a_checkpoint(tmp_path, family):
+    """PXTrainer's checkpoint loading, tensor by tensor; transformers 5 writes ViT under legacy key names, which
+    the stock Trainer's load_state_dict skips."""
+    from safetensors.torch import load_file
+    from transformers import TrainingArguments
+
+    from px_hf.training import PXTrainer
+
+    trained = small_model(family, seed=1)
+    trained.save_pretrained(tmp_path / "ckpt")
+    legacy = not set(load_file(tmp_path / "ckpt" / "model.safetensors")) <= set(trained.state_dict())
+    assert legacy == (family == "vit")
+    model = small_model(family, seed=2)
+    trainer = PXTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True,
+                                                            report_to="none"))
+    trainer._load_from_checkpoint(str(tmp_path / "ckpt"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_loading_a_checkpoint_of_another_model_is_refused(tmp_path):
+    from px_hf.training import load_checkpoint_weights
+
+    small_model("vit").save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(PXError, match="holds a ViTForImageClassification, but the model is a ResNet"):
+        load_checkpoint_weights(small_model("resnet"), str(tmp_path / "ckpt"))
+
+
+@pytest.mark.slow
+def test_resuming_with_other_pruning_options_or_model_is_refused(tmp_path):
+    common = ["--dataset_name", "digits", "--output_dir", str(tmp_path / "out"), "--do_train", "--save_steps", "2",
+              *TRAIN]
+    _run(["--model_name_or_path", "vit", "--px_sparsity", "0.9", "--px_rounds", "2", "--max_steps", "2", *common])
+    checkpoint = str(tmp_path / "out" / "checkpoint-2")
+    result = _run(["--model_name_or_path", "vit", "--px_sparsity", "0.5", "--px_scorer", "random", "--max_steps",
+                   "4", "--resume_from_checkpoint", checkpoint, *common], expect=2)
+    assert "pruned with other options (sparsity: asked 0.5, checkpoint 0.9; scorer: asked random" in result.stderr
+    result = _run(["--model_name_or_path", "resnet", "--px_sparsity", "0.9", "--px_rounds", "2", "--max_steps", "4",
+                   "--resume_from_checkpoint", checkpoint, *common], expect=2)
+    assert "holds a ViTForImageClassification, but this run trains a ResNetForImageClassification" in result.stderr
+    # The same options resume with the checkpoint's masks, without pruning again.
+    _run(["--model_name_or_path", "vit", "--px_sparsity", "0.9", "--px_rounds", "2", "--max_steps", "4",
+          "--resume_from_checkpoint", checkpoint, *common])
+    masks = PXPruner.from_pretrained(checkpoint).masks
+    places = _assert_pruned_everywhere(tmp_path / "out", masks)
+    assert any(str(p).endswith("checkpoint-4") for p in places)
 
 
 @pytest.mark.slow
