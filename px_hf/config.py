@@ -8,7 +8,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
 
@@ -61,7 +61,9 @@ class PXConfig:
             keeps deep models finite in float32 and changes the scores only by one common positive factor.
         px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to this
             multiple of the magnitude of the stream entering its block, so that each branch keeps a constant share
-            of the path mass while it is pruned. ``None`` leaves branches as initialized, as published; iterative
+            of the path mass while it is pruned. ``"initial"`` keeps instead the share each branch has in the first
+            round (the network's own balance, e.g. a pre-trained one's). ``None`` leaves branches as they are, as
+            published; iterative
             PX then removes whole branches at high sparsity under transformers' initialization (see the README's
             quality section).
         sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
@@ -86,7 +88,7 @@ class PXConfig:
     px_bias: str = "zero"
     qk_scores: str = "value"
     px_rescale_blocks: bool = True
-    px_branch_share: Optional[float] = 1.0
+    px_branch_share: Optional[Union[float, str]] = 1.0
     sanity_check: Optional[str] = None
     mixed_precision: Optional[str] = None
     cpu: bool = False
@@ -115,9 +117,10 @@ class PXConfig:
                 f"examples_per_class must be a positive integer or None (use all data), got {self.examples_per_class!r}"
             )
         share = self.px_branch_share
-        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
-                                  or not math.isfinite(share) or share <= 0):
-            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default) or None to turn branch "
+        if share is not None and share != "initial" and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                                          or not math.isfinite(share) or share <= 0):
+            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default), 'initial', or None to "
+                              f"turn branch "
                               f"balancing off, got {share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")

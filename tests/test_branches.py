@@ -101,3 +101,16 @@ def test_without_balancing_px_removes_every_vit_mlp_at_98_percent(digits):
     pruner.prune(digits, progress=False)
     assert sorted(pruner.summary().collapsed) == sorted(
         f"vit.layers.{i}.mlp.{fc}.weight" for i in range(4) for fc in ("fc1", "fc2"))
+
+
+@pytest.mark.parametrize("block_cls", [_BranchBlock, _FlatBlock])
+def test_initial_shares_leave_the_first_round_as_it_is(block_cls):
+    """``px_branch_share="initial"`` balances each branch to the share it had in the first path pass, so the
+    first round scores exactly as without balancing (later rounds hold that share)."""
+    x = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % 3
+    initial, plain = _scores(_net(block_cls), x, y, "initial"), _scores(_net(block_cls), x, y, None)
+    for name in plain:
+        torch.testing.assert_close(initial[name], plain[name], rtol=1e-12, atol=0)
+    balanced = _scores(_net(block_cls), x, y, 1.0)
+    assert any(not torch.allclose(balanced[n], plain[n]) for n in plain)  # a fixed share does change round 0

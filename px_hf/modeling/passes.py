@@ -68,7 +68,8 @@ class LinearizedPasses:
         activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
         rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
         branch_share: in the path mode, scale every residual branch to this multiple of the mean magnitude of its
-            block's input stream (``None``: leave branches as they are).
+            block's input stream; ``"initial"``: to the multiple it has in the first path pass; ``None``: leave
+            branches as they are.
     """
 
     def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True,
@@ -84,6 +85,7 @@ class LinearizedPasses:
         self._flat = {r.module for r in self.branched if not r.branches}
         self._identity_skip: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
+        self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self.mode = "off"
         self.record = True
@@ -117,7 +119,7 @@ class LinearizedPasses:
             if residual.branches:
                 for branch in residual.branches:
                     self._handles.append(branch.register_forward_hook(
-                        lambda m, a, out, b=block: self._balance_branch(b, out)))
+                        lambda m, a, out, b=block: self._balance_branch(m, b, out)))
             else:
                 self._handles.append(block.register_forward_hook(self._balance_flat_block))
         for block in self.blocks:
@@ -317,14 +319,24 @@ class LinearizedPasses:
 
     def _block_input_hook(self, module: nn.Module, args):
         if self.mode == "path":
-            self._stream[module] = self.branch_share * _magnitude(args[0])
+            self._stream[module] = _magnitude(args[0])
             if module in self._flat:  # its branch is its output minus this input
                 self._block_inputs[module] = args[0]
 
-    def _balance_branch(self, block: nn.Module, out):
+    def _target(self, branch: nn.Module, block: nn.Module, tensor: torch.Tensor) -> float:
+        """The magnitude ``branch`` (a module, or a flat block) is balanced to in this path pass."""
+        stream = self._stream[block]
+        if self.branch_share != "initial":
+            return self.branch_share * stream
+        if branch not in self._shares:  # the first path pass: the network's own share, kept from here on
+            self._shares[branch] = _magnitude(tensor) / stream if stream > 0 else 1.0
+        return self._shares[branch] * stream
+
+    def _balance_branch(self, branch: nn.Module, block: nn.Module, out):
         if self.mode != "path":
             return None
-        return _with_first(out, _balanced(_first(out), self._stream[block]))
+        tensor = _first(out)
+        return _with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
 
     def _balance_flat_block(self, module: nn.Module, args, out):
         """A block without a branch module: its branch is its output minus its identity skip."""
@@ -333,7 +345,8 @@ class LinearizedPasses:
         tensor, skip = _first(out), self._block_inputs.pop(module)
         if not self._has_identity_skip(module, skip):
             return None  # a plain stage: without a skip there is no branch to separate
-        return _with_first(out, skip + _balanced(tensor - skip, self._stream[module]))
+        branch = tensor - skip
+        return _with_first(out, skip + _balanced(branch, self._target(module, module, branch)))
 
     def _has_identity_skip(self, module: nn.Module, x: torch.Tensor) -> bool:
         """Whether ``module`` returns its input when all its parameters are zero (once per module): true of
