@@ -3,6 +3,7 @@
 #   ./run.sh prune [px-hf prune options]   the main job (defaults: small ViT on digits, 98% sparsity, PX)
 #   ./run.sh test  [pytest options]         the whole test suite, slow end-to-end tests included
 #   ./run.sh bench                          every benchmark in benchmarks/, results in benchmarks/results and docs
+#                                           (installs Debian's dataset-fashion-mnist when run as root)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,6 +44,16 @@ case "$command" in
     bench)
         setup
         export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        # The quality benchmark trains on Fashion-MNIST, which Debian ships as a package.
+        if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${PX_HF_FASHION_MNIST:-}" ]; then
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+                echo "[run.sh] installing dataset-fashion-mnist" >&2
+                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+            else
+                echo "[run.sh] Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (as root), or set PX_HF_FASHION_MNIST to a folder of its idx files" >&2
+                exit 2
+            fi
+        fi
         # Speed first, on an otherwise idle machine; each script prints its tables and saves them.
         for script in speed quality distributed linearization_evidence; do
             start=$SECONDS

@@ -26,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="vit, convnext or resnet (small models built from configs), a local directory, or a "
                             "Hub id (default: vit)")
     prune.add_argument("--data", default="digits",
-                       help="'digits' (bundled), an image folder (class per sub-directory), or a datasets name "
-                            "(default: digits)")
+                       help="'digits' (bundled), 'fashion-mnist' (Debian's dataset-fashion-mnist package, or a "
+                            "folder in $PX_HF_FASHION_MNIST), an image folder (class per sub-directory), or a "
+                            "datasets name (default: digits)")
     prune.add_argument("--split", default="train", help="dataset split to draw the pruning set from")
     prune.add_argument("--sparsity", type=float, default=0.98, help="fraction of weights removed (default 0.98)")
     prune.add_argument("--scorer", default="px", choices=SCORERS, help="scoring method (default px)")
@@ -57,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is present")
     prune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _digits(split: str, size: int):
+    from .digits import load_digits
+
+    return load_digits(image_size=size)
+
+
+def _fashion_mnist(split: str, size: int):
+    from .fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(split, image_size=size)
+
+
+# --data names px_hf reads itself: (loader(split, image size) -> (images, labels), description). Both have 10 classes.
+BUILTIN_DATA = {"digits": (_digits, "scikit-learn digits"), "fashion-mnist": (_fashion_mnist, "Fashion-MNIST")}
 
 
 def _positive_int(text: str) -> int:
@@ -99,7 +116,7 @@ def _check_data(args) -> int:
     """Check ``--data`` before any model is built; return its number of classes (10 when unknown)."""
     from .data import image_folder_classes
 
-    if args.data == "digits":
+    if args.data in BUILTIN_DATA:
         return 10
     if os.path.isdir(args.data):
         classes = image_folder_classes(args.data)
@@ -120,11 +137,9 @@ def _check_data(args) -> int:
 def _load_data(args, model):
     """Returns ``(data, prune keyword arguments, description)``."""
     channels, size = _model_input_spec(model, args.image_size)
-    if args.data == "digits":
-        from .digits import load_digits
-
-        images, labels = load_digits(image_size=size)
-        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, "scikit-learn digits"
+    if args.data in BUILTIN_DATA:
+        images, labels = BUILTIN_DATA[args.data][0](args.split, size)
+        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, BUILTIN_DATA[args.data][1]
     from datasets import load_dataset
 
     try:

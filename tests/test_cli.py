@@ -80,3 +80,24 @@ def test_main_job_with_no_arguments(tmp_path):
     assert "achieved density: 0.0200" in result.stdout
     assert re.search(r"time: \d+\.\d+ s for 100 round", result.stdout)
     _check_saved(tmp_path / "px-hf-output", 0.02)
+
+
+def test_prune_command_on_fashion_mnist(tmp_path, capsys, monkeypatch):
+    """`--data fashion-mnist` reads the idx files (synthetic here: the tests need no Debian package)."""
+    from test_fashion_mnist import _synthetic
+
+    monkeypatch.setenv("PX_HF_FASHION_MNIST", str(tmp_path))
+    _synthetic(tmp_path, "train")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "resnet", "--data", "fashion-mnist", "--examples-per-class", "2",
+                 "--rounds", "2", "--sparsity", "0.8", "--output-dir", str(out), "--no-progress"]) == 0
+    assert "on Fashion-MNIST" in capsys.readouterr().out
+    record = _check_saved(out, 0.2)
+    assert record["pruning_set"]["examples"] == 20
+
+
+def test_prune_command_without_fashion_mnist_names_the_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PX_HF_FASHION_MNIST", str(tmp_path))
+    monkeypatch.setattr("px_hf.fashion_mnist.DEBIAN_DIR", str(tmp_path / "nowhere"))
+    assert main(["prune", "--data", "fashion-mnist", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
