@@ -30,6 +30,19 @@ _CHOICES = {
 }
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` for a :class:`PXConfig` field, as given on a command line; the value is read as JSON when it
+    can be (numbers, ``null``, ``true``), else kept as a string. Raises :class:`ConfigError` for unknown fields."""
+    key, sep, value = text.partition("=")
+    fields = [f.name for f in dataclasses.fields(PXConfig)]
+    if not sep or key not in fields:
+        raise ConfigError(f"expected KEY=VALUE with KEY a PXConfig field ({', '.join(fields)}), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 @dataclass
 class PXConfig:
     """Configuration of a pruning run.

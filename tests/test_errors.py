@@ -122,3 +122,16 @@ def test_data_free_scorers_run_without_data_but_px_does_not():
 def test_summary_before_pruning():
     with pytest.raises(RuntimeError, match="call prune"):
         PXPruner(small_model("vit")).summary()
+
+
+def test_command_line_overrides_of_config_fields():
+    from px_hf.config import parse_override
+
+    assert parse_override("px_branch_share=null") == ("px_branch_share", None)
+    assert parse_override("px_branch_share=initial") == ("px_branch_share", "initial")
+    assert parse_override("sparsity=0.9") == ("sparsity", 0.9)
+    assert PXConfig(**dict([parse_override("px_branch_share=initial")])).px_branch_share == "initial"
+    with pytest.raises(ConfigError, match="KEY a PXConfig field"):
+        parse_override("branch_share=1")
+    with pytest.raises(ConfigError, match="px_branch_share must be"):
+        PXConfig(px_branch_share="largest")
