@@ -1,212 +1,391 @@
-"""Quality of pruning at initialization: PX against the baselines on small ResNet, ConvNeXt and ViT, on digits.
+"""Quality of pruning: PX against the baselines on Fashion-MNIST, from scratch and in pre-trained transfer.
 
-For every family, sparsity (90%, 98%, 99.5%), method (dense; px, random, magnitude, snip, grasp, synflow; px with
-the shuffle and re-init sanity checks) and seed: prune at initialization on a class-balanced pruning set drawn
-from the training split, then train with the transformers Trainer and px_hf's PXMaskCallback for a fixed short
-schedule, and record
-- test accuracy (held-out 20% of digits),
-- layers collapsed to zero,
-- the empirical NTK trace of the sparse initialization relative to the dense one (8 test images, BatchNorm on
-  batch statistics as in training).
+Scenarios (small ResNet, ConvNeXt and ViT; sparsities 90%, 98%, 99.5%; seeds 0-2):
+- ``scratch``: prune at initialization on a class-balanced pruning set (10 per class) of the training split, train
+  with the converged schedule of ``fashion_schedule.py`` (AdamW, warm-up + cosine, flips), test on the 10k test set.
+  Methods: dense, px, random, magnitude, snip, grasp, synflow, the PX sanity checks ``px+shuffle`` and
+  ``px+reinit``, and ``px+noise`` (PX scored on Gaussian noise instead of images: does the data matter?).
+- ``transfer``: pre-train dense on classes 0-4 with the same schedule, put a new 5-way head on it, prune the
+  pre-trained network with each method on a pruning set of classes 5-9 (the new head stays dense), fine-tune on
+  classes 5-9 with the same schedule and test on them; ``dense`` transfers the unpruned network.
+- ``cross``: pre-train dense on all ten Fashion-MNIST classes, prune on digits, fine-tune on scikit-learn's digits.
 
-Writes benchmarks/results/quality.{json,md} and docs/quality_<family>.png (accuracy vs sparsity).
+Every run's result is stored in ``benchmarks/results/quality/<key>.json``, the key hashing everything that
+determines it (scenario, family, method, sparsity, seed, schedule, architecture, the full PXConfig), and skipped
+when present: the grid (several hours on 2 cores) resumes where it stopped. Pre-trained networks are cached in
+``benchmarks/.cache`` (not in git). Writes ``benchmarks/results/quality.{md,json}`` and
+``docs/quality_<family>.png`` (accuracy vs sparsity, one panel per scenario) from whatever runs are stored.
 
-    python benchmarks/quality.py                 # the full grid, 3 seeds (about 27 minutes on 2 cores)
-    python benchmarks/quality.py --quick         # one seed, one sparsity, 1 epoch: a smoke run
-    python benchmarks/quality.py --methods px --px px_branch_share=null   # a PX variant alone
+    python benchmarks/quality.py                      # the full grid (resumable), one run per core
+    python benchmarks/quality.py --quick              # a smoke run: 1 seed, 98%, few methods, 1 epoch, 2k images
+    python benchmarks/quality.py --report             # only rebuild tables and plots from the stored runs
+    python benchmarks/quality.py --scenarios transfer --methods dense px magnitude --px px_branch_share=null
+
+Needs Fashion-MNIST: ``apt-get install dataset-fashion-mnist`` (``./run.sh bench`` installs it when run as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 
 from _report import save_results  # noqa: E402
+from fashion_schedule import ARCH, SCHEDULE, balanced_subset, evaluate, train  # noqa: E402
 
-METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow", "px+shuffle", "px+reinit"]
+SCENARIOS = ("scratch", "transfer", "cross")
+SCRATCH_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow", "px+shuffle", "px+reinit",
+                   "px+noise"]
+# Re-initializing or shuffling a pre-trained network throws its training away: the checks are from-scratch only.
+TRANSFER_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow"]
+SPARSITIES = [0.9, 0.98, 0.995]
+HEAD = r"^classifier\."  # the new head of a transferred network is trained dense, as in recipes/finetune.py
+CACHE = os.path.join(HERE, ".cache")
+PROTOCOL = 1  # bump when the protocol changes in a way the key does not see
 
 
-def _splits():
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _task(scenario: str, schedule: dict, stage: str):
+    """(train, test) tensors of a scenario's ``stage``: "source" (pre-training) or "target"."""
     from px_hf.digits import load_digits
+    from px_hf.fashion_mnist import load_fashion_mnist
 
-    x, y = load_digits(image_size=32)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))  # fixed test split
-    test, train = order[: len(y) // 5], order[len(y) // 5:]
-    return (x[train], y[train]), (x[test], y[test])
+    size = schedule["image_size"]
+    if scenario == "cross" and stage == "target":
+        x, y = load_digits(image_size=size)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))  # fixed 20% test split
+        test, train_ = order[: len(y) // 5], order[len(y) // 5:]
+        return (x[train_], y[train_]), (x[test], y[test])
+    classes = None
+    if scenario == "transfer":
+        classes = (0, 1, 2, 3, 4) if stage == "source" else (5, 6, 7, 8, 9)
+    x, y = load_fashion_mnist("train", image_size=size, classes=classes)
+    xt, yt = load_fashion_mnist("test", image_size=size, classes=classes)
+    if classes is not None:  # renumber from 0
+        y, yt = y - classes[0], yt - classes[0]
+    # The same number of images per class in every scenario.
+    keep = balanced_subset(y, schedule["subset"] * len(y.unique()) // 10, schedule["subset_seed"])
+    return (x[keep], y[keep]), (xt, yt)
 
 
-class _Tensors(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+# ---------------------------------------------------------------------------------------------------- runs
+def _model(family: str, num_labels: int, schedule: dict, seed: int):
+    from px_hf.zoo import small_model
 
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
+    return small_model(family, num_labels=num_labels, image_size=schedule["image_size"], seed=seed, **ARCH[family])
 
 
+def _masked_training(model, masks):
+    """Keep the pruned weights at exactly zero while training: gradients masked, weights re-zeroed every step."""
+    from px_hf.masks import apply_masks
+
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].register_hook(lambda grad, keep=mask: grad * keep)
+    return lambda: apply_masks(params, masks)
+
+
+def _pretrained(scenario: str, family: str, seed: int, schedule: dict) -> str:
+    """Path of the dense network pre-trained on the scenario's source task (trained and cached on first use)."""
+    from safetensors.torch import save_file
+
+    spec = {"scenario": scenario, "family": family, "seed": seed, "schedule": schedule, "arch": ARCH[family]}
+    path = os.path.join(CACHE, f"pretrained-{scenario}-{family}-s{seed}-{_digest(spec)}.safetensors")
+    if not os.path.exists(path):
+        train_data, test_data = _task(scenario, schedule, "source")
+        model = _model(family, int(train_data[1].max()) + 1, schedule, seed)
+        result = train(model, train_data, schedule, seed, test_data, eval_points=1)
+        os.makedirs(CACHE, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path + ".tmp",
+                  metadata={"accuracy": str(result["curve"][-1][1])})
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def _transferred(scenario: str, family: str, seed: int, schedule: dict, num_labels: int):
+    """The pre-trained network with a new, freshly initialized ``num_labels``-way head."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = _pretrained(scenario, family, seed, schedule)
+    model = _model(family, num_labels, schedule, seed + 1000)  # the new head's initialization
+    state = {k: v for k, v in load_file(path).items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
+    with safe_open(path, "pt") as handle:
+        source_accuracy = float(handle.metadata()["accuracy"])
+    return model, source_accuracy
+
+
+def run_spec(scenario: str, family: str, method: str, sparsity: float, seed: int, schedule: dict,
+             px_options: dict) -> dict:
+    """Everything that determines a run (its key is a hash of this)."""
+    from px_hf import PXConfig
+
+    spec = {"protocol": PROTOCOL, "scenario": scenario, "family": family, "method": method, "seed": seed,
+            "schedule": schedule, "arch": ARCH[family]}
+    if method != "dense":
+        scorer, _, variant = method.partition("+")
+        config = PXConfig(sparsity=sparsity, scorer=scorer, seed=seed,
+                          sanity_check=variant if variant in ("shuffle", "reinit") else None,
+                          exclude=None if scenario == "scratch" else [HEAD], **(px_options if scorer == "px" else {}))
+        spec.update(sparsity=sparsity, config=config.to_dict(), noise=variant == "noise")
+    return spec
+
+
+def method_label(spec: dict) -> str:
+    """The method's name in tables: a PX variant shows the options that differ from the default PXConfig."""
+    from px_hf import PXConfig
+
+    if "config" not in spec or not spec["method"].startswith("px"):
+        return spec["method"]
+    default = PXConfig(sparsity=spec["config"]["sparsity"], seed=spec["seed"]).to_dict()
+    changed = [f"{k}={v}" for k, v in spec["config"].items()
+               if k not in ("scorer", "sanity_check", "exclude") and v != default[k]]
+    return spec["method"] + (f" ({', '.join(changed)})" if changed else "")
+
+
+def _ordered(methods: set[str]) -> list[str]:
+    """Methods in SCRATCH_METHODS order, each followed by its variants."""
+    return sorted(methods, key=lambda m: (SCRATCH_METHODS.index(m.split(" ")[0]), m))
+
+
+def run_key(spec: dict) -> str:
+    sparsity = f"-{spec['sparsity']}" if "sparsity" in spec else ""
+    return f"{spec['scenario']}-{spec['family']}-{spec['method']}{sparsity}-s{spec['seed']}-{_digest(spec)}"
+
+
+def run_one(spec: dict, store: str) -> dict:
+    """Prune, train and test one run; the result is stored under its key."""
+    from px_hf import PXConfig, PXPruner
+    from px_hf.ntk import ntk_trace
+
+    path = os.path.join(store, run_key(spec) + ".json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    scenario, family, seed, schedule = spec["scenario"], spec["family"], spec["seed"], spec["schedule"]
+    train_data, test_data = _task(scenario, schedule, "target")
+    num_labels = int(train_data[1].max()) + 1
+    source_accuracy = None
+    if scenario == "scratch":
+        model = _model(family, num_labels, schedule, seed)
+    else:
+        model, source_accuracy = _transferred(scenario, family, seed, schedule, num_labels)
+    probe = test_data[0][:8]
+    dense_trace = ntk_trace(model, probe)
+    masks, collapsed, trace, prune_seconds = {}, [], dense_trace, 0.0
+    if "config" in spec:
+        x, y = train_data
+        if spec["noise"]:  # same shape, scale and labels; no image content
+            x = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * x.std() + x.mean()
+        started = time.perf_counter()
+        pruner = PXPruner(model, PXConfig.from_dict(spec["config"]))
+        masks = pruner.prune((x, y), progress=False)
+        prune_seconds = time.perf_counter() - started
+        collapsed = pruner.summary().collapsed
+        trace = ntk_trace(model, probe, masks)
+    result = train(model, train_data, schedule, seed, test_data, after_step=_masked_training(model, masks))
+    params = dict(model.named_parameters())
+    assert all(not params[n][~m].any() for n, m in masks.items()), "a pruned weight moved"
+    row = {"key": run_key(spec), "scenario": scenario, "family": family, "method": method_label(spec),
+           "sparsity": spec.get("sparsity", 0.0), "seed": seed, "accuracy": evaluate(model, *test_data),
+           "curve": result["curve"], "collapsed": len(collapsed), "collapsed_layers": collapsed,
+           "ntk_ratio": trace / dense_trace, "source_accuracy": source_accuracy, "prune_seconds": prune_seconds,
+           "train_seconds": result["train_seconds"], "spec": spec}
+    os.makedirs(store, exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(row, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _cell(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        for rank, index in enumerate(order):
+            out[index] = float(rank)
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
+
+
+def summarize(rows: list[dict], sparsities: list[float]) -> str:
+    """One table per scenario (accuracy / collapsed layers / NTK-trace ratio, mean ± std over seeds; the best
+    sparse method per column in bold, with those within one std of it), and the NTK-accuracy rank correlation."""
+    parts = []
+    for scenario in SCENARIOS:
+        chosen = [r for r in rows if r["scenario"] == scenario]
+        if not chosen:
+            continue
+        methods = _ordered({r["method"] for r in chosen})
+        lines = [f"### {scenario}", "",
+                 "| family | method | " + " | ".join(f"{s:.1%}: acc / collapsed / NTK ratio" for s in sparsities)
+                 + " |", "|---|---|" + "---|" * len(sparsities)]
+        correlations = []
+        for family in ("resnet", "convnext", "vit"):
+            fam = [r for r in chosen if r["family"] == family]
+            if not fam:
+                continue
+            for method in methods:
+                cells = []
+                for sparsity in sparsities:
+                    sel = [r for r in fam if r["method"] == method and (method == "dense" or r["sparsity"] == sparsity)]
+                    if not sel:
+                        cells.append("-")
+                        continue
+                    accuracy = [r["accuracy"] for r in sel]
+                    rivals = {m: [r["accuracy"] for r in fam if r["method"] == m and r["sparsity"] == sparsity]
+                              for m in methods if m != "dense"}
+                    best = max((statistics.mean(v), m) for m, v in rivals.items() if v)
+                    tied = method != "dense" and (method == best[1] or statistics.mean(accuracy) + (
+                        statistics.stdev(accuracy) if len(accuracy) > 1 else 0) >= best[0])
+                    text = _cell(accuracy, ".3f")
+                    cells.append(f"{'**' + text + '**' if tied else text} / "
+                                 f"{_cell([float(r['collapsed']) for r in sel], '.1f')} / "
+                                 f"{_cell([r['ntk_ratio'] for r in sel], '.3g')}")
+                lines.append(f"| {family} | {method} | " + " | ".join(cells) + " |")
+            sparse = [r for r in fam if r["method"] != "dense"]
+            if len(sparse) > 2:
+                rho = _spearman([r["ntk_ratio"] for r in sparse], [r["accuracy"] for r in sparse])
+                correlations.append(f"{family} {rho:+.2f} ({len(sparse)} runs)")
+        lines += ["", "Spearman correlation of NTK-trace ratio and accuracy over the pruned runs: "
+                  + (", ".join(correlations) or "too few runs")]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def plot(rows: list[dict], family: str, sparsities: list[float], path: str) -> None:
+    """Accuracy vs sparsity for ``family``, one panel per scenario."""
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s and r["family"] == family for r in rows)]
+    if not scenarios:
+        return
+    figure, axes = plt.subplots(1, len(scenarios), figsize=(5.5 * len(scenarios), 4), squeeze=False)
+    for axis, scenario in zip(axes[0], scenarios):
+        chosen = [r for r in rows if r["scenario"] == scenario and r["family"] == family]
+        for method in _ordered({r["method"] for r in chosen}):
+            points = [(s, [r["accuracy"] for r in chosen if r["method"] == method
+                           and (method == "dense" or r["sparsity"] == s)]) for s in sparsities]
+            points = [(s, v) for s, v in points if v]
+            if not points:
+                continue
+            style = "k--" if method == "dense" else ("-o" if method.startswith("px") else "-.")
+            axis.errorbar([100 * s for s, _ in points], [statistics.mean(v) for _, v in points],
+                          yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in points], fmt=style,
+                          label=method, capsize=3, linewidth=2 if method.startswith("px") else 1)
+        axis.set_xlabel("sparsity (%)")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(f"{family}: {scenario}")
+        axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------------- main
 def _single_threaded() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(1)
 
 
 def _option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` for a PXConfig field; the value is parsed as JSON when it can be (numbers, true/false)."""
-    import dataclasses
+    from px_hf.config import parse_override
+    from px_hf.errors import ConfigError
 
-    from px_hf import PXConfig
-
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    fields = [f.name for f in dataclasses.fields(PXConfig)]
-    if key not in fields:
-        raise argparse.ArgumentTypeError(f"{key!r} is not a PXConfig field; choose from {', '.join(fields)}")
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def run_one(family: str, method: str, sparsity: float, seed: int, epochs: float, px_options: dict) -> dict:
-    from transformers import Trainer, TrainingArguments
-
-    from px_hf import PXConfig, PXPruner
-    from px_hf.ntk import ntk_trace
-    from px_hf.training import PXMaskCallback
-    from px_hf.zoo import small_model
-
-    (x, y), (xt, yt) = _splits()
-    model = small_model(family, seed=seed)
-    probe = xt[:8]
-    dense_trace = ntk_trace(model, probe)
-    start = time.perf_counter()
-    masks, collapsed, trace = {}, 0, dense_trace
-    if method != "dense":
-        scorer, _, check = method.partition("+")
-        options = px_options if scorer == "px" else {}
-        pruner = PXPruner(model, PXConfig(sparsity=sparsity, scorer=scorer, seed=seed, sanity_check=check or None,
-                                          **options))
-        masks = pruner.prune((x, y), progress=False)
-        collapsed = len(pruner.summary().collapsed)
-        trace = ntk_trace(model, probe, masks)
-    prune_seconds = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=32,
-                                 learning_rate=2e-3, weight_decay=0.05, use_cpu=True,
-                                 report_to="none", save_strategy="no", logging_strategy="no", seed=seed,
-                                 disable_tqdm=True, dataloader_num_workers=0)
-        callbacks = [PXMaskCallback(masks)] if masks else []
-        trainer = Trainer(model=model, args=args, train_dataset=_Tensors(x, y), callbacks=callbacks)
-        trainer.train()
-        logits = trainer.predict(_Tensors(xt, yt)).predictions
-    accuracy = float((np.argmax(logits, axis=1) == yt.numpy()).mean())
-    return {"family": family, "method": method, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
-            "collapsed": collapsed, "ntk_ratio": trace / dense_trace, "prune_s": prune_seconds}
-
-
-def _summarize(rows: list[dict], families, sparsities) -> str:
-    def cell(values, fmt):
-        if len(values) == 1:
-            return format(values[0], fmt)
-        return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
-    lines = ["| family | method | " + " | ".join(f"{s:.1%} acc / collapsed / NTK ratio" for s in sparsities) + " |",
-             "|---|---|" + "---|" * len(sparsities)]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    for family in families:
-        for method in methods:
-            cells = []
-            for sparsity in sparsities:
-                sel = [r for r in rows if r["family"] == family and r["method"] == method
-                       and (method == "dense" or r["sparsity"] == sparsity)]
-                if not sel:
-                    cells.append("-")
-                    continue
-                cells.append(f"{cell([r['accuracy'] for r in sel], '.3f')} / "
-                             f"{cell([float(r['collapsed']) for r in sel], '.1f')} / "
-                             f"{cell([r['ntk_ratio'] for r in sel], '.3g')}")
-            lines.append(f"| {family} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _plot(rows: list[dict], family: str, sparsities, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        points = [(s, [r["accuracy"] for r in rows if r["family"] == family and r["method"] == method
-                       and (method == "dense" or r["sparsity"] == s)]) for s in sparsities]
-        points = [(s, v) for s, v in points if v]
-        if not points:
-            continue
-        xs = [100 * s for s, _ in points]
-        means = [statistics.mean(v) for _, v in points]
-        errors = [statistics.stdev(v) if len(v) > 1 else 0 for _, v in points]
-        style = "k--" if method == "dense" else ("-o" if method == "px" else "-.")
-        axis.errorbar(xs, means, yerr=errors, fmt=style, label=method, capsize=3, linewidth=2 if method == "px" else 1)
-    axis.set_xlabel("sparsity (%)")
-    axis.set_ylabel("test accuracy")
-    axis.set_title(f"{family}: digits, pruned at initialization")
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        return parse_override(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--families", nargs="+", default=["resnet", "convnext", "vit"])
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.98, 0.995])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=6)
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=SCRATCH_METHODS, choices=SCRATCH_METHODS)
     parser.add_argument("--px", nargs="*", type=_option, default=[], metavar="KEY=VALUE",
-                        help="PXConfig fields for the PX runs (for trying variants)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (one thread each)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 98%% only, one epoch")
+                        help="PXConfig fields for the PX runs (variants are stored apart: the key includes them)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, 98%%, dense/px/magnitude, 1 epoch on 2,000 images (results kept apart)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs"))
     args = parser.parse_args()
+    schedule, name = dict(SCHEDULE), "quality"
     if args.quick:
-        args.seeds, args.sparsities, args.epochs = [0], [0.98], 1
-    runs = [(family, method, sparsity or 0.0, seed, args.epochs, dict(args.px))
-            for family in args.families for seed in args.seeds for method in args.methods
-            for sparsity in ([None] if method == "dense" else args.sparsities)]
-    started = time.perf_counter()
-    # The models are tiny: one thread per run and one run per core beats all cores on one run by about 2x.
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_single_threaded) as pool:
-        futures = [pool.submit(run_one, *run) for run in runs]
-        for future in as_completed(futures):
-            print(json.dumps(future.result()), flush=True)
-        rows = [future.result() for future in futures]
-    table = _summarize(rows, args.families, args.sparsities)
-    minutes = (time.perf_counter() - started) / 60
-    header = (f"Test accuracy / layers collapsed / NTK trace of the sparse init relative to dense (mean ± std over "
-              f"seeds {args.seeds}), {args.epochs} epochs, {minutes:.0f} minutes in all"
-              + (f"; PX options {dict(args.px)}" if args.px else "") + "\n\n")
-    save_results(args.out, "quality", rows, header + table)
-    os.makedirs(args.plots, exist_ok=True)
-    for family in args.families:
-        _plot(rows, family, args.sparsities, os.path.join(args.plots, f"quality_{family}.png"))
+        args.seeds, args.sparsities, name = [0], [0.98], "quality-quick"
+        args.methods = [m for m in args.methods if m in ("dense", "px", "magnitude")]
+        schedule.update(epochs=1, subset=2000)
+    store = os.path.join(args.out, name)
+    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px))
+             for scenario in args.scenarios for family in args.families for seed in args.seeds
+             for method in args.methods if scenario == "scratch" or method in TRANSFER_METHODS
+             for sparsity in ([0.0] if method == "dense" else args.sparsities)]
+    todo = [s for s in specs if not os.path.exists(os.path.join(store, run_key(s) + ".json"))]
+    print(f"{len(specs)} runs, {len(specs) - len(todo)} stored, {len(todo)} to do", flush=True)
+    if todo and not args.report:
+        # Pre-trained networks first, one per (scenario, family, seed), so that no two jobs train the same one.
+        sources = sorted({(s["scenario"], s["family"], s["seed"]) for s in todo if s["scenario"] != "scratch"})
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_single_threaded) as pool:
+            for future in as_completed([pool.submit(_pretrained, *source, schedule) for source in sources]):
+                future.result()
+            futures = {pool.submit(run_one, spec, store): spec for spec in todo}
+            for future in as_completed(futures):
+                row = future.result()
+                print(f"{row['key']}: accuracy {row['accuracy']:.4f}, collapsed {row['collapsed']}, "
+                      f"{row['train_seconds']:.0f} s", flush=True)
+    # Every stored run of this schedule, whichever invocation made it (PX variants included).
+    rows = []
+    for entry in sorted(os.listdir(store)) if os.path.isdir(store) else []:
+        if entry.endswith(".json"):
+            with open(os.path.join(store, entry)) as handle:
+                row = json.load(handle)
+            if row["spec"]["schedule"] == schedule and row["family"] in args.families:
+                rows.append(row)
+    header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; {len(rows)} runs stored "
+              f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}`). Accuracy / layers collapsed / "
+              "NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
+              "over seeds; bold: best sparse method, or within one std of it." + "\n\n")
+    save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
+                 header + summarize(rows, args.sparsities))
+    if not args.quick:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        os.makedirs(args.plots, exist_ok=True)
+        for family in args.families:
+            plot(rows, family, args.sparsities, os.path.join(args.plots, f"quality_{family}.png"))
 
 
 if __name__ == "__main__":
