@@ -202,6 +202,14 @@ def test_an_empty_model_directory(tmp_path):
     assert "'empty' holds no model (no config.json, the directory is empty)" in result.stderr
 
 
+def test_a_file_or_an_unknown_name_as_model(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"not a model")
+    assert "--model 'weights.bin' is a file" in px_hf("--model", "weights.bin", cwd=tmp_path, expect=2).stderr
+    result = px_hf("--model", "someone/vit-tiny", cwd=tmp_path, expect=2)
+    assert "neither a built-in family (vit, convnext, resnet) nor a local directory, and the Hub is offline" in (
+        result.stderr)
+
+
 @pytest.mark.parametrize("size,message", [
     ("0", "argument --image-size: must be a positive integer, got 0"),
     ("3", "image_size 3 is too small for this vit: its downsampling needs at least 4x4 pixels"),
