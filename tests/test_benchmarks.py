@@ -27,3 +27,41 @@ def test_speed_quick_reports_every_scorer(tmp_path):
                       "extra_over_budget"):
             assert math.isfinite(row[field]) and row[field] > 0, (row["model"], row["scorer"], field, row[field])
     assert "| grasp |" in (tmp_path / "speed.md").read_text()
+
+
+def _quality_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(SPEED), "quality.py")
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_tables_mark_the_best_and_ties_and_label_px_variants():
+    quality = _quality_module()
+    rows = []
+    for method, accuracies, ratio in [("dense", [0.9, 0.9], 1.0), ("px", [0.80, 0.78], 0.5),
+                                      ("magnitude", [0.79, 0.77], 0.2), ("random", [0.30, 0.32], 0.01),
+                                      ("px (px_branch_share=initial)", [0.6, 0.62], 0.3)]:
+        for seed, accuracy in enumerate(accuracies):
+            rows.append({"scenario": "transfer", "family": "vit", "method": method, "seed": seed,
+                         "sparsity": 0.0 if method == "dense" else 0.98, "accuracy": accuracy, "collapsed": 0,
+                         "ntk_ratio": ratio})
+    table = quality.summarize(rows, [0.98])
+    lines = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| vit")}
+    assert "**0.790 ± 0.014**" in lines["px"]  # best
+    assert "**0.780 ± 0.014**" in lines["magnitude"]  # within one std of the best
+    assert "**" not in lines["random"] and "**" not in lines["dense"]
+    assert list(lines) == ["dense", "px", "px (px_branch_share=initial)", "random", "magnitude"]
+    assert "over the pruned runs: vit " in table and "(8 runs)" in table
+    assert quality._spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 4]) == pytest.approx(1.0)
+    assert quality._spearman([0.1, 0.5, 0.2, 0.9], [4, 2, 3, 1]) == pytest.approx(-1.0)
+
+    from px_hf import PXConfig
+
+    spec = {"method": "px", "seed": 0, "config": PXConfig(sparsity=0.98, px_branch_share="initial").to_dict()}
+    assert quality.method_label(spec) == "px (px_branch_share=initial)"
+    spec["config"] = PXConfig(sparsity=0.98, exclude=[quality.HEAD]).to_dict()
+    assert quality.method_label(spec) == "px"
