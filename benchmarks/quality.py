@@ -371,7 +371,8 @@ def main() -> None:
         if entry.endswith(".json"):
             with open(os.path.join(store, entry)) as handle:
                 row = json.load(handle)
-            if row["spec"]["schedule"] == schedule and row["family"] in args.families:
+            if (row["spec"]["schedule"] == schedule and row["family"] in args.families
+                    and row["spec"]["arch"] == ARCH[row["family"]]):  # a superseded architecture is left out
                 rows.append(row)
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; {len(rows)} runs stored "
               f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}`). Accuracy / layers collapsed / "
