@@ -10,7 +10,7 @@ Random-init models, float32, all CPU threads, 224 px, batches of 8. Three tables
 Every row gives the time of a round (the median gap between successive rounds: scoring, selection, masking),
 that time over one no-grad forward pass of one batch, and the extra resident memory of the whole pruning over
 the memory held before it (model, data), sampled every 2 ms, also over the parameters plus one forward pass's
-activations (the extra memory of a forward with autograd on). Targets (issue #2): a PX round costs at most 3.5
+activations (the extra memory of a forward with autograd on). Targets: a PX round costs at most 3.5
 forward passes, and its extra memory is at most one copy of the parameters plus one forward pass's activations.
 
 Each measurement runs in its own spawned process so that one's peak memory does not hide another's; a

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _digits(split: str, size: int):
+    """All of scikit-learn's digits: they come without splits, so ``split`` is ignored."""
     from .digits import load_digits
 
     return load_digits(image_size=size)
@@ -238,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def shutdown_distributed() -> None:
     """Tear down torch.distributed after a launched run. Collecting the model's memory before destroying the
-    process group avoids an abort at interpreter exit seen in about 1 of 7 two-process runs (DESIGN.md §5)."""
+    process group avoids an abort at interpreter exit seen in about 1 of 7 two-process runs."""
     import gc
 
     import torch.distributed as dist

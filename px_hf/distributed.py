@@ -1,5 +1,5 @@
 """Scoring across processes and devices through Accelerate: this process's place, its device, and the small
-reductions that a pruning round needs (DESIGN.md §4)."""
+reductions that a pruning round needs."""
 
 from __future__ import annotations
 

@@ -76,8 +76,8 @@ class PXPruner:
 
         When it holds a pruned model (a ``pruning_config.json``), the model and its masks are restored exactly:
         the mask file's hash is verified, the weights must be zero wherever the masks prune, and the record must
-        agree with the masks; ``config`` (for a further :meth:`prune`) defaults to the saved one. Otherwise the model is loaded with transformers'
-        ``AutoModelForImageClassification``, ready to prune with ``config``.
+        agree with the masks; ``config`` (for a further :meth:`prune`) defaults to the saved one. Otherwise the
+        model is loaded with transformers' ``AutoModelForImageClassification``, ready to prune with ``config``.
 
         Args:
             model: a module to load the saved weights into (needed for models that are not transformers models).
@@ -155,7 +155,8 @@ class PXPruner:
         An already pruned model (loaded with :meth:`from_pretrained`, or pruned before) is pruned further from its
         masks: a pruned weight stays pruned, the density falls from the current one to ``config.density``, and the
         earlier pruning is kept in the record under ``previous_pruning``. Half-precision models are scored in
-        float32 and keep their dtype.
+        float32 and keep their dtype. If a round fails (an exception), the model's weights are left partly pruned
+        while :attr:`masks` stays as it was: reload or re-create the model before trying again.
 
         Args:
             data: ``(inputs, labels)`` tensors, a DataLoader yielding ``(inputs, labels)`` or dicts with
@@ -183,7 +184,6 @@ class PXPruner:
         self.model.to(process.device)
         params = dict(self.model.named_parameters())
         masks, start = self._starting_masks(params)
-        # An error inside the rounds leaves some weights zeroed: prune a copy where that matters.
         with float32_weights(self.model):
             masks = self._run_rounds(pruning_set, masks, start, params, process, callback, progress)
         if self.masks:

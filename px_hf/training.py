@@ -3,7 +3,6 @@ them."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -12,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .errors import PrunedModelError
-from .hub.load import load_pruned
+from .hub.load import check_architecture, load_pruned
 from .hub.save import write_pruning_files
 from .masks import apply_masks
 
@@ -34,15 +33,6 @@ def check_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor], where: str
             raise PrunedModelError(f"{name} has non-zero weights at pruned positions in {where}")
 
 
-def checkpoint_architecture(checkpoint: str) -> Optional[str]:
-    """The model class a checkpoint (or saved model) directory was written for, from its config.json."""
-    try:
-        with open(os.path.join(checkpoint, "config.json")) as handle:
-            return (json.load(handle).get("architectures") or [None])[0]
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     """Load the weights of a checkpoint written by ``save_pretrained`` (or the Trainer) into ``model`` in place.
 
@@ -51,10 +41,7 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     ``load_state_dict`` silently skips. Every tensor must be restored; anything missing is an error.
     """
     target = _unwrap(model)
-    saved = checkpoint_architecture(checkpoint)
-    if saved is not None and saved != type(target).__name__:
-        raise PrunedModelError(f"the checkpoint {checkpoint} holds a {saved}, but the model is a "
-                               f"{type(target).__name__}; resume from a checkpoint of the same model")
+    check_architecture(checkpoint, target)
     loaded, info = type(target).from_pretrained(checkpoint, output_loading_info=True)
     missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
     if missing:

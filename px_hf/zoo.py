@@ -47,7 +47,7 @@ def small_model(
     smallest = _smallest_image(family, config)
     if image_size < smallest:
         raise ModelError(f"image_size {image_size} is too small for this {family}: its downsampling needs at least "
-                         f"{smallest}x{smallest} pixels (patch_size {config.patch_size if family != 'resnet' else 4})")
+                         f"{smallest}x{smallest} pixels (patch_size {config.patch_size})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return model_cls(config)
@@ -59,4 +59,4 @@ def _smallest_image(family: str, config) -> int:
         return config.patch_size
     if family == "convnext":  # a patchify stem, then a stride-2 downsampling before every later stage
         return config.patch_size * 2 ** (config.num_stages - 1)
-    return 1  # ResNet's padded strided convolutions accept any size
+    return 1  # ResNet's padded strided convolutions accept any size, so the check above never fails for it

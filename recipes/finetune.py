@@ -258,15 +258,12 @@ def run(model_args, data_args, px_args, training_args) -> int:
 def _resumed(checkpoint: str, pruner: PXPruner, requested: Optional[PXConfig], dense: bool) -> PXPruner:
     """The pruner to resume with: the checkpoint's masks, after checking that they are the ones this run asks
     for. Pruning again at initialization would give masks that disagree with the checkpoint's weights."""
-    from px_hf.hub.load import read_record
-    from px_hf.training import checkpoint_architecture
+    from px_hf.hub.load import check_architecture, read_record
+    from px_hf.masks import mask_digest
 
     if not os.path.isdir(checkpoint):
         raise PXError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
-    saved = checkpoint_architecture(checkpoint)
-    if saved is not None and saved != type(pruner.model).__name__:
-        raise PXError(f"the checkpoint {checkpoint} holds a {saved}, but this run trains a "
-                      f"{type(pruner.model).__name__}; resume from a checkpoint of the same model")
+    check_architecture(checkpoint, pruner.model, role="this run trains a")
     record = read_record(checkpoint)
     if record is None:
         if pruner.masks or requested is not None:
@@ -284,9 +281,7 @@ def _resumed(checkpoint: str, pruner: PXPruner, requested: Optional[PXConfig], d
                           "resume with the options it was pruned with, or start a new run")
         logger.info("resuming with the masks of %s (not pruning again)", checkpoint)
         return resumed
-    same = resumed.masks.keys() == pruner.masks.keys() and all(
-        torch.equal(resumed.masks[n], pruner.masks[n]) for n in pruner.masks)
-    if not same:
+    if mask_digest(resumed.masks) != mask_digest(pruner.masks):
         raise PXError(f"the checkpoint {checkpoint} holds other masks than {type(pruner.model).__name__} loaded from "
                       "--model_name_or_path; resume with the model the run started from")
     return pruner

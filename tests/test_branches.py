@@ -96,7 +96,7 @@ def test_px_collapses_no_layer_at_high_sparsity(model, digits, sparsity):
 
 
 def test_without_balancing_px_removes_every_vit_mlp_at_98_percent(digits):
-    # The failure balancing exists for (DESIGN.md §2.6), kept visible: if it stops happening, the README is stale.
+    # The failure balancing exists for (docs/px_generalization.md), kept visible: if it stops happening, the README is stale.
     pruner = PXPruner(small_model("vit"), PXConfig(sparsity=0.98, px_branch_share=None))
     pruner.prune(digits, progress=False)
     assert sorted(pruner.summary().collapsed) == sorted(

@@ -80,12 +80,27 @@ def _load_file(path: str) -> dict[str, torch.Tensor]:
         raise PrunedModelError(f"the weights file {path} is corrupt or truncated: {err}") from err
 
 
+def saved_architecture(directory: str) -> Optional[str]:
+    """The model class a saved model (or Trainer checkpoint) directory was written for, from its config.json."""
+    try:
+        with open(os.path.join(directory, "config.json")) as handle:
+            return (json.load(handle).get("architectures") or [None])[0]
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_architecture(directory: str, model: nn.Module, role: str = "the model is a") -> None:
+    """Raise :class:`PrunedModelError` when ``directory`` was saved from another class than ``model``'s."""
+    saved = saved_architecture(directory)
+    if saved is not None and saved != type(model).__name__:
+        raise PrunedModelError(f"the checkpoint {directory} holds a {saved}, but {role} {type(model).__name__}; "
+                               "resume from a checkpoint of the same model")
+
+
 def _transformers_class(directory: str, record: dict[str, Any]):
     import transformers
 
-    with open(os.path.join(directory, "config.json")) as handle:
-        architectures = json.load(handle).get("architectures") or []
-    name = architectures[0] if architectures else None
+    name = saved_architecture(directory)
     if name is not None and name != record.get("architecture"):
         raise PrunedModelError(
             f"{os.path.join(directory, PRUNING_CONFIG_FILE)} was written for a {record.get('architecture')}, but "

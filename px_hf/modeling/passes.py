@@ -1,6 +1,6 @@
 """Run one model in PX's linearized passes through forward hooks: no copies, no patched torch functions.
 
-Modes (see DESIGN.md §3):
+Modes:
 
 - ``real``: the model as it is, on real data. Each activation's gate ``phi(z) / z``, each normalization's inverse
   standard deviation, each attention probability matrix and each max-pool choice are recorded.
@@ -17,7 +17,8 @@ Branch balancing (path mode only) multiplies each residual branch's output by a 
 fixed multiple (the share) of the mean magnitude of the stream entering its block. Without it a branch's path mass
 falls like its density to the power of its depth while its weight count falls like its density, so per-weight
 scores of a thinning branch fall and iterative pruning removes whole branches; with it each branch keeps a constant
-share of the path mass, the conservation that keeps layers of a plain chain alive (DESIGN.md §2.6).
+share of the path mass, the conservation that keeps layers of a plain chain alive (measurements in
+docs/px_generalization.md).
 """
 
 from __future__ import annotations
