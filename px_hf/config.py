@@ -16,6 +16,8 @@ SCORERS = ("px", "random", "magnitude", "snip", "grasp", "synflow")
 # Scorers whose published form prunes in many small rounds; the others are one-shot by definition.
 ITERATIVE_SCORERS = ("px", "synflow")
 DEFAULT_ITERATIVE_ROUNDS = 100
+# px_branch_share values that follow the network's own branch shares instead of a fixed one.
+BRANCH_SHARE_RULES = ("initial", "floored")
 
 _CHOICES = {
     "scorer": SCORERS,
@@ -75,7 +77,8 @@ class PXConfig:
         px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to this
             multiple of the magnitude of the stream entering its block, so that each branch keeps a constant share
             of the path mass while it is pruned. ``"initial"`` keeps instead the share each branch has in the first
-            round (the network's own balance, e.g. a pre-trained one's). ``None`` leaves branches as they are, as
+            round (the network's own balance, e.g. a pre-trained one's); ``"floored"`` keeps them too but raises
+            those below the median of the first round's shares to that median. ``None`` leaves branches as they are, as
             published; iterative
             PX then removes whole branches at high sparsity under transformers' initialization (see the README's
             quality section).
@@ -130,10 +133,10 @@ class PXConfig:
                 f"examples_per_class must be a positive integer or None (use all data), got {self.examples_per_class!r}"
             )
         share = self.px_branch_share
-        if share is not None and share != "initial" and (isinstance(share, bool) or not isinstance(share, (int, float))
+        if share is not None and share not in BRANCH_SHARE_RULES and (isinstance(share, bool) or not isinstance(share, (int, float))
                                                           or not math.isfinite(share) or share <= 0):
-            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default), 'initial', or None to "
-                              f"turn branch "
+            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default), "
+                              f"{' or '.join(repr(r) for r in BRANCH_SHARE_RULES)}, or None to turn branch "
                               f"balancing off, got {share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")

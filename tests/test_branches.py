@@ -114,3 +114,32 @@ def test_initial_shares_leave_the_first_round_as_it_is(block_cls):
         torch.testing.assert_close(initial[name], plain[name], rtol=1e-12, atol=0)
     balanced = _scores(_net(block_cls), x, y, 1.0)
     assert any(not torch.allclose(balanced[n], plain[n]) for n in plain)  # a fixed share does change round 0
+
+
+@pytest.mark.parametrize("block_cls", [_BranchBlock, _FlatBlock])
+def test_floored_shares_keep_a_branch_that_starts_almost_silent(block_cls):
+    """``"initial"`` holds a branch initialized 1e-4 times smaller at its tiny share, so iterative pruning removes it
+    whole; ``"floored"`` raises it to the median share of the network's branches, so it survives. Its first round
+    still scores exactly as without balancing."""
+    x = torch.randn(30, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(30) % 3
+
+    def net():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 8), block_cls(8), block_cls(8), block_cls(8), nn.ReLU(), nn.Linear(8, 3))
+        model = model.double()
+        quiet = model[2].branch.fc2 if block_cls is _BranchBlock else model[2].fc2
+        with torch.no_grad():
+            quiet.weight.mul_(1e-4)
+        return model
+
+    collapsed = {}
+    for share in ("initial", "floored"):
+        pruner = PXPruner(net(), PXConfig(sparsity=0.9, rounds=20, examples_per_class=None, px_branch_share=share))
+        pruner.prune((x, y), progress=False)
+        collapsed[share] = pruner.summary().collapsed
+    assert len(collapsed["initial"]) == 2 and all(name.startswith("2.") for name in collapsed["initial"])
+    assert collapsed["floored"] == []
+    first, plain = _scores(net(), x, y, "floored"), _scores(net(), x, y, None)
+    for name in plain:
+        torch.testing.assert_close(first[name], plain[name], rtol=1e-12, atol=0)

@@ -69,8 +69,9 @@ class LinearizedPasses:
         activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
         rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
         branch_share: in the path mode, scale every residual branch to this multiple of the mean magnitude of its
-            block's input stream; ``"initial"``: to the multiple it has in the first path pass; ``None``: leave
-            branches as they are.
+            block's input stream; ``"initial"``: to the multiple it has in the first path pass; ``"floored"``: as
+            ``"initial"``, but from the second path pass on no share is below the median of those first shares;
+            ``None``: leave branches as they are.
     """
 
     def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True,
@@ -86,7 +87,8 @@ class LinearizedPasses:
         self._flat = {r.module for r in self.branched if not r.branches}
         self._identity_skip: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
-        self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"
+        self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
+        self._floored = False
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self.mode = "off"
         self.record = True
@@ -150,6 +152,8 @@ class LinearizedPasses:
         try:
             yield self
         finally:
+            if mode == "path" and self.branch_share == "floored" and self._shares and not self._floored:
+                self._floor_shares()
             self.mode = "off"
             self._inputs.clear()
             self._stream.clear()
@@ -327,11 +331,19 @@ class LinearizedPasses:
     def _target(self, branch: nn.Module, block: nn.Module, tensor: torch.Tensor) -> float:
         """The magnitude ``branch`` (a module, or a flat block) is balanced to in this path pass."""
         stream = self._stream[block]
-        if self.branch_share != "initial":
+        if self.branch_share not in ("initial", "floored"):
             return self.branch_share * stream
         if branch not in self._shares:  # the first path pass: the network's own share, kept from here on
             self._shares[branch] = _magnitude(tensor) / stream if stream > 0 else 1.0
         return self._shares[branch] * stream
+
+    def _floor_shares(self) -> None:
+        """Raise every share below the median of the first path pass's shares to that median: a pre-trained
+        network keeps its own balance, while branches that start almost silent (a layer scale of 1e-6, a zero-init
+        residual) are not starved of path mass and removed whole."""
+        median = float(torch.tensor(list(self._shares.values())).median())
+        self._shares = {branch: max(share, median) for branch, share in self._shares.items()}
+        self._floored = True
 
     def _balance_branch(self, branch: nn.Module, block: nn.Module, out):
         if self.mode != "path":
