@@ -1,8 +1,8 @@
 """A converged from-scratch training schedule on Fashion-MNIST for the small ResNet, ConvNeXt and ViT.
 
 Trains a dense model of every family with ONE schedule shared by all of them (AdamW, linear warm-up then cosine
-decay, random crop with padding + horizontal flip, label smoothing) on a class-balanced subset of the training
-split, and evaluates on the full 10k test set. Running the same schedule with E and 2E epochs is the convergence
+decay, horizontal flips, label smoothing) on the training split (or a class-balanced subset of it), and evaluates
+on the full 10k test set. Running the same schedule with E and 2E epochs is the convergence
 evidence: the accuracy should barely move. Pruned models are meant to be trained later with :func:`train` and the
 same :data:`SCHEDULE` (``after_step`` re-applies their masks).
 
@@ -42,7 +42,7 @@ RUNS = os.path.join(OUT, "fashion_schedule")
 
 # The shared schedule (chosen by this study; see benchmarks/results/fashion_schedule.md).
 SCHEDULE = dict(
-    image_size=28, subset=20000, subset_seed=0, epochs=10, batch_size=64, lr=1.5e-3, weight_decay=0.05,
+    image_size=28, subset=0, subset_seed=0, epochs=5, batch_size=64, lr=1.5e-3, weight_decay=0.05,
     warmup_epochs=1.0, label_smoothing=0.1, crop_padding=0, hflip=True,
 )
 # Architecture overrides of small_model's "small" defaults, per family (wider ResNet and ConvNeXt: the defaults
@@ -64,13 +64,17 @@ NOTES = """Probes (seed 0, 28 px, 1 thread) that led to this schedule:
   layer_scale_init_value=1.0 instead of 1e-6 gained 5 points at 4 epochs.
 - Round 1 result (this schedule, old ARCH: ConvNeXt layer scale 1e-6, ViT patch 4 / hidden 64 / 4 layers),
   10 -> 20 epochs: ResNet 0.898 -> 0.900, ConvNeXt 0.879 -> 0.889, ViT 0.848 -> 0.858.
-- Round 2, 20k images, this schedule: ConvNeXt layer_scale_init_value=1.0 at 10 epochs 0.8895 (vs 0.879, 240 s);
+- Round 2, 20k images, 10 epochs, otherwise this schedule: ConvNeXt layer_scale_init_value=1.0 at 10 epochs 0.8895 (vs 0.879, 240 s);
   also widened to [48, 96, 192]: 0.8931 but 445 s per 10 epochs (too slow, not adopted). ViT 4-epoch probes:
   patch 7, hidden 96, 6 layers, intermediate 192: 0.844 in 96 s vs the default 0.822 in 123 s; at 10 epochs
   0.8648 (202 s). ResNet unchanged (its stored runs are reused). At 20 epochs: ConvNeXt 0.8893 (-0.02 points),
   ViT 0.8689 (+0.41): converged, but ConvNeXt stays ~1 point and ViT ~0.5 point below the 0.90 / 0.87 targets,
   and ResNet at 10 epochs 0.2 point below 0.90.
-- Not tried for lack of time: a shared lr of 1e-3 or a longer warm-up, E of 12-15."""
+- Round 3: the small ConvNeXt already has a 2x2 patch stem (a probe with patch_size=2 reproduced 0.8895 exactly);
+  ViT intermediate_size 384 instead of 192: 0.8637 at 10 epochs (no gain, 2x the cost). What the 20k-image runs
+  lacked was data, not steps (the ConvNeXt fits its 20k images: 0.889 at both 10 and 20 epochs). All 60,000
+  training images for 5 epochs (1.5x the steps of 20k x 10): ResNet 0.9131, ConvNeXt 0.9011, ViT 0.8790, every
+  target met; this is the schedule, and its 10-epoch runs are the convergence evidence."""
 
 
 def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:

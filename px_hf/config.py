@@ -74,14 +74,13 @@ class PXConfig:
             weights, keeping the largest-magnitude entries; ``"px"`` uses their raw PX scores (which are 0).
         px_rescale_blocks: divide each residual block's output by a detached scalar in the PX passes, which
             keeps deep models finite in float32 and changes the scores only by one common positive factor.
-        px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to this
-            multiple of the magnitude of the stream entering its block, so that each branch keeps a constant share
-            of the path mass while it is pruned. ``"initial"`` keeps instead the share each branch has in the first
-            round (the network's own balance, e.g. a pre-trained one's); ``"floored"`` keeps them too but raises
-            those below the median of the first round's shares to that median. ``None`` leaves branches as they are, as
-            published; iterative
-            PX then removes whole branches at high sparsity under transformers' initialization (see the README's
-            quality section).
+        px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to a
+            share of the magnitude of the stream entering its block and hold it there while the branch is pruned.
+            ``"floored"`` (default): the share each branch has in the first round (the network's own balance, e.g. a
+            pre-trained one's), raised to the median of those shares where it is below it (so a branch that starts
+            almost silent, as under a layer scale of 1e-6, is not starved). ``"initial"``: the first-round shares
+            as they are. A number: that fixed share for every branch. ``None``: branches as they are, as
+            published; iterative PX then removes whole branches at high sparsity (docs/px_generalization.md).
         sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
             ``"reinit"`` re-initializes the weights after pruning and keeps the mask.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` for the real pass (scores stay float32); ``None``
@@ -104,7 +103,7 @@ class PXConfig:
     px_bias: str = "zero"
     qk_scores: str = "value"
     px_rescale_blocks: bool = True
-    px_branch_share: Optional[Union[float, str]] = 1.0
+    px_branch_share: Optional[Union[float, str]] = "floored"
     sanity_check: Optional[str] = None
     mixed_precision: Optional[str] = None
     cpu: bool = False
@@ -133,11 +132,10 @@ class PXConfig:
                 f"examples_per_class must be a positive integer or None (use all data), got {self.examples_per_class!r}"
             )
         share = self.px_branch_share
-        if share is not None and share not in BRANCH_SHARE_RULES and (isinstance(share, bool) or not isinstance(share, (int, float))
-                                                          or not math.isfinite(share) or share <= 0):
-            raise ConfigError(f"px_branch_share must be a positive number (1.0 by default), "
-                              f"{' or '.join(repr(r) for r in BRANCH_SHARE_RULES)}, or None to turn branch "
-                              f"balancing off, got {share!r}")
+        fixed = not isinstance(share, bool) and isinstance(share, (int, float)) and math.isfinite(share) and share > 0
+        if share is not None and share not in BRANCH_SHARE_RULES and not fixed:
+            raise ConfigError(f"px_branch_share must be {' or '.join(repr(r) for r in BRANCH_SHARE_RULES)}, a positive "
+                              f"number (a fixed share), or None to turn branch balancing off, got {share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         for name in ("include", "exclude"):

@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 
+from ..config import BRANCH_SHARE_RULES
 from .structure import (
     Role, is_activation, is_max_pool, is_norm, residual_blocks, residual_branches, uses_attention_interface,
 )
@@ -331,7 +332,7 @@ class LinearizedPasses:
     def _target(self, branch: nn.Module, block: nn.Module, tensor: torch.Tensor) -> float:
         """The magnitude ``branch`` (a module, or a flat block) is balanced to in this path pass."""
         stream = self._stream[block]
-        if self.branch_share not in ("initial", "floored"):
+        if self.branch_share not in BRANCH_SHARE_RULES:
             return self.branch_share * stream
         if branch not in self._shares:  # the first path pass: the network's own share, kept from here on
             self._shares[branch] = _magnitude(tensor) / stream if stream > 0 else 1.0
