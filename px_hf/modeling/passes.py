@@ -409,13 +409,16 @@ class LinearizedPasses:
 
 
 def _first(out) -> torch.Tensor:
-    """The hidden states of a module output that may be a tuple (transformers blocks)."""
-    return out[0] if isinstance(out, tuple) else out
+    """The hidden states of a module output that may be a tuple, possibly nested (transformers blocks; PVTv2's
+    blocks return a tuple inside a tuple)."""
+    while isinstance(out, tuple):
+        out = out[0]
+    return out
 
 
 def _with_first(out, tensor: torch.Tensor):
     """``out`` with its hidden states replaced by ``tensor``."""
-    return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+    return (_with_first(out[0], tensor), *out[1:]) if isinstance(out, tuple) else tensor
 
 
 def _magnitude(tensor: torch.Tensor) -> float:

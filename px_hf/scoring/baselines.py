@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..modeling.io import forward
 from .base import Scores, ScoringContext
@@ -32,13 +35,17 @@ def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None)
     for inputs, labels in ctx.batches:
         with torch.enable_grad(), ctx.passes.run("real", record=False):
             leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            with ctx.autocast():
+            # A Hessian product differentiates twice; the fused CPU attention kernels have no double backward.
+            kernels = sdpa_kernel(SDPBackend.MATH) if against is not None else contextlib.nullcontext()
+            with ctx.autocast(), kernels:
                 logits = forward(ctx.model, inputs, leaves)
             logits = logits.float() / temperature
             loss = F.cross_entropy(logits, labels, reduction="sum")
-            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=against is not None)
+            # allow_unused: a model may hold weights its classification forward never uses (SigLIP's pooling head).
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=against is not None,
+                                        allow_unused=True)
             if against is not None:
-                inner = sum((g * against[n]).sum() for n, g in zip(leaves, grads))
+                inner = sum((g * against[n]).sum() for n, g in zip(leaves, grads) if g is not None)
                 grads = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
         for n, g in zip(leaves, grads):
             if g is not None:
