@@ -35,6 +35,8 @@ def run_tests() -> dict[str, dict[str, tuple[str, str]]]:
     results: dict[str, dict[str, tuple[str, str]]] = {}
     for case in tree.iter("testcase"):
         check, _, model_type = case.get("name").partition("[")
+        if check not in CHECKS:  # the module's other tests (the README check)
+            continue
         outcome, reason = "passed", ""
         for child in case:
             if child.tag == "skipped":

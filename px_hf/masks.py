@@ -39,9 +39,14 @@ def _kth_largest(scores: list[torch.Tensor], live: list[torch.Tensor], k: int) -
     all the scores is ever made; the result is exact (a full selection is the fallback).
     """
     total = sum(s.numel() for s in scores)
+    # Compared in the scores' own precision: float64 scores rounded to float32 would move the threshold (or
+    # underflow to 0) and the count of entries above it would no longer be k.
+    dtype = torch.float32
+    for s in scores:
+        dtype = torch.promote_types(dtype, s.dtype)
     if total > 16 * _SAMPLE:
         step = total // _SAMPLE
-        sample = torch.cat([_flat(s)[::step].float().masked_fill(~_flat(m)[::step], -math.inf)
+        sample = torch.cat([_flat(s)[::step].to(dtype).masked_fill(~_flat(m)[::step], -math.inf)
                             for s, m in zip(scores, live)])
         m = sample.numel()
         position = m * (1.0 - k / total)
@@ -49,11 +54,11 @@ def _kth_largest(scores: list[torch.Tensor], live: list[torch.Tensor], k: int) -
         lo = sample.kthvalue(max(1, int(position - margin))).values
         hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
         above = sum(int(torch.count_nonzero((s > hi) & m)) for s, m in zip(scores, live))
-        band = torch.cat([s[(s >= lo) & (s <= hi) & m].float() for s, m in zip(scores, live)])
+        band = torch.cat([s[(s >= lo) & (s <= hi) & m].to(dtype) for s, m in zip(scores, live)])
         need = k - above
         if 1 <= need <= band.numel():
             return band.kthvalue(band.numel() - need + 1).values
-    flat = torch.cat([_flat(s).float().masked_fill(~_flat(m), -math.inf) for s, m in zip(scores, live)])
+    flat = torch.cat([_flat(s).to(dtype).masked_fill(~_flat(m), -math.inf) for s, m in zip(scores, live)])
     return flat.kthvalue(flat.numel() - k + 1).values
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import Any, Callable, Optional
@@ -15,12 +17,14 @@ from .data import PruningSet, build_pruning_set
 from .distributed import ProcessContext
 from .errors import ConfigError, DataError, ModelError
 from .masks import apply_masks, density_schedule, select_masks, shuffle_masks
-from .modeling.io import float32_weights, forward
+from .modeling.io import floating_weights, forward
 from .modeling.passes import LinearizedPasses
 from .modeling.structure import parameter_roles
 from .scoring import DATA_SCORERS, LABEL_SCORERS, SCORERS, ScoringContext
 from .summary import PruningSummary
 from .targets import resolve_prunable
+
+logger = logging.getLogger(__name__)
 
 RoundCallback = Callable[[int, float, dict[str, torch.Tensor]], None]
 
@@ -184,7 +188,7 @@ class PXPruner:
         self.model.to(process.device)
         params = dict(self.model.named_parameters())
         masks, start = self._starting_masks(params)
-        with float32_weights(self.model):
+        with floating_weights(self.model, torch.float32):
             masks = self._run_rounds(pruning_set, masks, start, params, process, callback, progress)
         if self.masks:
             self._move_to_history()
@@ -253,12 +257,24 @@ class PXPruner:
             self.history = []
             bar = tqdm(schedule, desc=f"{config.scorer} pruning", unit="round",
                        disable=not (progress and process.is_main_process))
+            widened = contextlib.ExitStack()
             for round_index, density in enumerate(bar):
                 started, sent = time.perf_counter(), process.bytes_reduced
                 ctx.masks = masks
                 scores = None  # free the previous round's scores before computing new ones
-                scores = scorer(ctx)
-                self._check_scores(scores, round_index)
+                try:
+                    scores = self._check_scores(scorer(ctx), round_index)
+                except FloatingPointError as err:
+                    if dtype != torch.float32:
+                        raise
+                    # Long chains of layers without residual blocks to rescale overflow float32's range in the
+                    # linear passes; float64's is 10**270 times wider. The weights are kept exactly.
+                    logger.warning("%s; scoring in float64 from round %d on (about twice as slow)", err, round_index)
+                    widened.enter_context(floating_weights(self.model, torch.float64, (torch.float32,)))
+                    dtype = torch.float64
+                    ctx.batches = [(x.to(dtype), y) for x, y in ctx.batches]
+                    ctx.cache.clear()
+                    scores = self._check_scores(scorer(ctx), round_index)
                 masks = select_masks(scores, masks, density, config.scope, generator)
                 apply_masks(params, masks)
                 self.history.append({"round": round_index, "density": density,
@@ -267,16 +283,19 @@ class PXPruner:
                 bar.set_postfix(density=f"{density:.4f}")
                 if callback is not None:
                     callback(round_index, density, masks)
-        self.scores = {n: s.detach().masked_fill(~masks[n], 0.0) for n, s in scores.items()}
+            widened.close()
+        self.scores = {n: s.detach().to(params[n].dtype).masked_fill(~masks[n], 0.0) for n, s in scores.items()}
         return self._sanity_check(masks, params, initial, generator)
 
-    def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> None:
+    def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> dict[str, torch.Tensor]:
+        """``scores``, once every one is finite."""
         for name, score in scores.items():
             if not torch.isfinite(score).all():
                 raise FloatingPointError(
                     f"{self.config.scorer} scores of {name} are not finite in round {round_index}; "
                     "the model may be too deep for its dtype (keep px_rescale_blocks=True)"
                 )
+        return scores
 
     def _sanity_check(self, masks, params, initial, generator) -> dict[str, torch.Tensor]:
         check = self.config.sanity_check

@@ -91,3 +91,15 @@ def test_large_tensor_selection_is_exact_and_matches_a_full_sort(rng):
         assert int(mask.sum()) == k
         threshold = torch.sort(scores, descending=True).values[k - 1]
         assert bool((scores[mask] >= threshold).all()) and bool((scores[~mask] <= threshold).all())
+
+
+@pytest.mark.parametrize("size", [5_000, 2_000_000])  # the exact path and the sampled one
+def test_float64_scores_below_float32_range_keep_the_exact_count(size):
+    # float64 scores (the float64 fallback, float64 models) compared in float32 would all round to 0 here.
+    generator = torch.Generator().manual_seed(0)
+    scores = {"a": -torch.rand(size, dtype=torch.float64, generator=generator) * 1e-300,
+              "b": torch.rand(30, dtype=torch.float64, generator=generator) * 1e-300}
+    masks = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
+    chosen = select_masks(scores, masks, 0.46, generator=generator)
+    assert sum(int(m.sum()) for m in chosen.values()) == round(0.46 * (size + 30))
+    assert bool(chosen["b"].all())  # the 30 positive scores are the largest

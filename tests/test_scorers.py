@@ -140,3 +140,23 @@ def test_gradient_baselines_score_with_batch_statistics_whatever_px_norm(digits,
         scores.append(pruner.scores)
     for name in scores[0]:
         torch.testing.assert_close(scores[0][name], scores[1][name])
+
+
+def test_px_falls_back_to_float64_when_float32_overflows(caplog):
+    # 40 plain layers of width 64 and no residual block to rescale: the data pass grows like 64**40 ~ 1e72.
+    torch.manual_seed(0)
+    layers = [layer for _ in range(40) for layer in (torch.nn.Linear(64, 64), torch.nn.ReLU())]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(64, 3))
+    x, y = torch.randn(12, 64), torch.arange(12) % 3
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruner = PXPruner(model, PXConfig(sparsity=0.9, rounds=2, examples_per_class=None))
+    with caplog.at_level("WARNING", logger="px_hf.pruner"):
+        pruner.prune((x, y), progress=False)
+    assert "overflowed" in caplog.text and "float64" in caplog.text
+    total = sum(m.numel() for m in pruner.masks.values())
+    assert sum(int(m.sum()) for m in pruner.masks.values()) == round(0.1 * total)
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32  # given back in its own dtype, kept weights unchanged
+        mask = pruner.masks.get(name, torch.ones_like(param, dtype=torch.bool))
+        assert torch.equal(param[mask], before[name][mask]) and not param[~mask].any()
+    assert all(torch.isfinite(s).all() and s.dtype == torch.float32 for s in pruner.scores.values())

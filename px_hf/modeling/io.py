@@ -30,24 +30,26 @@ def output_tensor(output) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def float32_weights(model: nn.Module) -> Iterator[None]:
-    """Hold ``model``'s half-precision (float16/bfloat16) parameters and buffers in float32 inside the block, and
-    give them back their own dtype after it.
+def floating_weights(
+    model: nn.Module, dtype: torch.dtype, replace: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16),
+) -> Iterator[None]:
+    """Hold ``model``'s parameters and buffers of the ``replace`` dtypes in ``dtype`` inside the block, and give
+    them back their own dtype after it (by default: half precision held in float32).
 
-    Scores are products of many weights and activations: in half precision they overflow or underflow. The
-    round trip is exact (every half value is a float32 value), and zeros written inside stay zeros.
+    Scores are products of many weights and activations: in half precision they overflow or underflow, and in
+    float32 they can overflow on long chains of layers. Widening is exact (every half value is a float32 value,
+    every float32 value a float64 value), and zeros written inside stay zeros when narrowed back.
     """
-    half = (torch.float16, torch.bfloat16)
     changed = [(module, key, tensor.dtype, kind) for module in model.modules()
                for kind, tensors in (("param", module._parameters), ("buffer", module._buffers))
-               for key, tensor in tensors.items() if tensor is not None and tensor.dtype in half]
+               for key, tensor in tensors.items() if tensor is not None and tensor.dtype in replace]
     for module, key, _, kind in changed:
-        _set(module, key, kind, torch.float32)
+        _set(module, key, kind, dtype)
     try:
         yield
     finally:
-        for module, key, dtype, kind in changed:
-            _set(module, key, kind, dtype)
+        for module, key, original, kind in changed:
+            _set(module, key, kind, original)
 
 
 def _set(module: nn.Module, key: str, kind: str, dtype: torch.dtype) -> None:

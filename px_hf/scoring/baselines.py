@@ -35,9 +35,13 @@ def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None)
     for inputs, labels in ctx.batches:
         with torch.enable_grad(), ctx.passes.run("real", record=False):
             leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            # A Hessian product differentiates twice; the fused CPU attention kernels have no double backward.
-            kernels = sdpa_kernel(SDPBackend.MATH) if against is not None else contextlib.nullcontext()
-            with ctx.autocast(), kernels:
+            # A Hessian product differentiates twice; the fused CPU attention kernels and hardsigmoid have no
+            # double backward in torch, so they run as plain differentiable formulas.
+            twice = contextlib.ExitStack()
+            if against is not None:
+                twice.enter_context(sdpa_kernel(SDPBackend.MATH))
+                twice.enter_context(_hard_gates_as_clamps(ctx.model))
+            with ctx.autocast(), twice:
                 logits = forward(ctx.model, inputs, leaves)
             logits = logits.float() / temperature
             loss = F.cross_entropy(logits, labels, reduction="sum")
@@ -54,6 +58,23 @@ def _loss_gradients(ctx: ScoringContext, temperature: float = 1.0, against=None)
         del grads, leaves
     ctx.all_reduce(list(total.values()), "sum")
     return total
+
+
+@contextlib.contextmanager
+def _hard_gates_as_clamps(model: torch.nn.Module):
+    """Inside the block, ``nn.Hardsigmoid`` and ``nn.Hardswish`` modules return the same values computed with
+    ``clamp``, which torch can differentiate twice."""
+    def hardsigmoid(x):
+        return torch.clamp(x / 6 + 0.5, 0.0, 1.0)
+
+    formulas = {torch.nn.Hardsigmoid: hardsigmoid, torch.nn.Hardswish: lambda x: x * hardsigmoid(x)}
+    handles = [module.register_forward_hook(lambda m, args, out, f=formulas[type(module)]: f(args[0]))
+               for module in model.modules() if type(module) in formulas]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def snip_scores(ctx: ScoringContext) -> Scores:
