@@ -263,9 +263,10 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
                     accuracy = [r["accuracy"] for r in sel]
                     rivals = {m: [r["accuracy"] for r in fam if r["method"] == m and r["sparsity"] == sparsity]
                               for m in methods if m != "dense"}
-                    best = max((statistics.mean(v), m) for m, v in rivals.items() if v)
-                    tied = method != "dense" and (method == best[1] or statistics.mean(accuracy) + (
-                        statistics.stdev(accuracy) if len(accuracy) > 1 else 0) >= best[0])
+                    # (dense has no rivals in a column where no sparse run is stored yet)
+                    best = max(((statistics.mean(v), m) for m, v in rivals.items() if v), default=None)
+                    tied = method != "dense" and best is not None and (method == best[1] or statistics.mean(
+                        accuracy) + (statistics.stdev(accuracy) if len(accuracy) > 1 else 0) >= best[0])
                     text = _cell(accuracy, ".3f")
                     cells.append(f"{'**' + text + '**' if tied else text} / "
                                  f"{_cell([float(r['collapsed']) for r in sel], '.1f')} / "
