@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from px_hf import PXConfig, PXPruner
-from px_hf.modeling.passes import LinearizedPasses
-from px_hf.modeling.structure import residual_blocks
+from px_hf.errors import ModelError
+from px_hf.modeling.passes import LinearizedPasses, check_data_pass_linear, pass_parameters
+from px_hf.modeling.structure import parameter_roles, residual_blocks
 from px_hf.zoo import small_model
 
 
@@ -87,3 +88,30 @@ def test_px_scores_finite_in_float32_at_imagenet_size(family):
         assert torch.isfinite(score).all(), name
     assert pruner.summary().collapsed == []
     assert sum(int((s > 0).sum()) for s in pruner.scores.values()) > 0.4 * pruner.summary().params
+
+
+class _InlineGate(nn.Module):
+    """A multiplicative gate computed inline (as in focal modulation): no pass rule knows it."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x * self.fc(x)
+
+
+def test_px_refuses_a_module_without_a_pass_rule_and_names_it():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), _InlineGate(8), nn.Linear(8, 3))
+    data = (torch.randn(12, 6), torch.arange(12) % 3)
+    with pytest.raises(ModelError, match=r"not linear.*The first module that breaks linearity is 2 \(_InlineGate\)"):
+        PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)
+    # The baselines do not rely on the linear passes and still prune it.
+    PXPruner(model, PXConfig(sparsity=0.5, scorer="snip", examples_per_class=None)).prune(data, progress=False)
+
+
+def test_linearity_check_accepts_a_network_the_rules_cover():
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3))
+    with LinearizedPasses(model) as passes:
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, torch.randn(4, 6), params)  # raises if not linear

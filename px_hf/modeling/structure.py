@@ -138,6 +138,8 @@ def parameter_roles(model: nn.Module) -> dict[str, Role]:
                 roles[full] = Role.NORM
             elif isinstance(module, PRUNABLE_LAYER_TYPES):
                 roles[full] = Role.PATH_WEIGHT if pname == "weight" else Role.BIAS
+            elif isinstance(module, nn.Embedding):  # looked-up vectors added to the stream (positions, classes)
+                roles[full] = Role.ADDITIVE
             elif any(key in pname for key in _ADDITIVE_NAMES) or pname.endswith("bias"):
                 roles[full] = Role.ADDITIVE
             elif any(key in pname for key in _SCALE_NAMES):

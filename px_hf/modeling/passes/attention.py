@@ -1,0 +1,66 @@
+"""Attention through transformers' ``AttentionInterface``: real probabilities, recorded ones, or uniform.
+
+The function is registered under :data:`ATTENTION_IMPLEMENTATION` only while some :class:`LinearizedPasses` is
+active (see :func:`routed_attention`): importing px_hf changes nothing in transformers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import torch
+
+if TYPE_CHECKING:
+    from .engine import LinearizedPasses
+
+ATTENTION_IMPLEMENTATION = "px_hf"
+_ACTIVE: list["LinearizedPasses"] = []
+
+
+def _px_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The attention function transformers calls; defers to the innermost active passes."""
+    return attention(_ACTIVE[-1], module, query, key, value, attention_mask, scaling)
+
+
+@contextmanager
+def routed_attention(passes: "LinearizedPasses", configs: list) -> Iterator[None]:
+    """Route the attention of every model config in ``configs`` to ``passes`` inside the block."""
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    if not _ACTIVE:
+        AttentionInterface.register(ATTENTION_IMPLEMENTATION, _px_attention)
+        AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, eager_mask)
+    previous = [config._attn_implementation for config in configs]
+    _ACTIVE.append(passes)
+    for config in configs:
+        config._attn_implementation = ATTENTION_IMPLEMENTATION
+    try:
+        yield
+    finally:
+        for config, implementation in zip(configs, previous):
+            config._attn_implementation = implementation
+        _ACTIVE.remove(passes)
+
+
+def attention(passes: "LinearizedPasses", module, query, key, value, attention_mask,
+              scaling: Optional[float]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The attention of ``module`` in the current mode of ``passes``; returns ``(output, probabilities)``."""
+    if key.shape[1] != query.shape[1]:
+        repeat = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
+    if passes.mode in ("path", "synflow"):
+        uniform = value.mean(-2, keepdim=True).expand(*value.shape[:2], query.shape[2], value.shape[-1])
+        return uniform.transpose(1, 2).contiguous(), None
+    if passes.mode == "data":
+        probs = passes.take(module).to(value.dtype)  # recorded under autocast, perhaps in half precision
+    else:
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+        if passes.mode == "real":
+            passes.keep(module, probs.detach())
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs

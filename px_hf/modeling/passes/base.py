@@ -1,0 +1,38 @@
+"""What a pass rule is: how one kind of module behaves in the real, data, path and synflow modes.
+
+A rule claims the modules it :meth:`~Rule.matches`; the engine hooks every claimed module, saves its input, and
+hands input and output to :meth:`Rule.apply`, which returns the module's output in the current mode (``None``:
+the module's own). Adding support for a kind of module is adding a rule class to :data:`.registry.RULES`.
+Modules no rule claims run as they are; a non-linear one among them is caught by :func:`~.linearity.check_data_pass_linear`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .engine import LinearizedPasses
+
+
+class Rule:
+    """How one kind of module behaves in PX's passes."""
+
+    @staticmethod
+    def matches(module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def setup(self, module: nn.Module) -> None:
+        """Called once per claimed module when the passes are entered."""
+
+    def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:
+        """Whether :meth:`apply` computes the output itself in the current mode (the module then runs on an
+        empty batch, sparing its own, discarded, computation)."""
+        return passes.mode in ("data", "path", "synflow")
+
+    def apply(self, passes: "LinearizedPasses", module: nn.Module, z: torch.Tensor,
+              out: torch.Tensor) -> Optional[torch.Tensor]:
+        """The output of ``module`` on input ``z`` in ``passes.mode`` (``out``: what the module returned)."""
+        raise NotImplementedError

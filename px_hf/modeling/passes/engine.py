@@ -1,0 +1,144 @@
+"""The hooks that switch a model between its real forward and PX's linearized passes."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from ..structure import is_norm, uses_attention_interface
+from .attention import routed_attention
+from .normalization import NormRule
+from .residual import ResidualScaling
+from .base import Rule
+from .registry import RULES
+
+
+class LinearizedPasses:
+    """Hooks that switch a model between its real forward and PX's linearized passes.
+
+    Use as a context manager around the passes; inside, ``with passes.run(mode): forward(...)``. Entering puts the
+    model in eval mode and routes its transformers attention to PX's; leaving restores both and removes every hook.
+
+    Args:
+        model: the module to instrument.
+        norm: ``"gated"`` (BatchNorm on batch statistics in the real pass) or ``"running"`` (running statistics).
+        activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
+        rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
+        branch_share: in the path mode, scale every residual branch to this multiple of the mean magnitude of its
+            block's input stream; ``"initial"``: to the multiple it has in the first path pass; ``"floored"``: as
+            ``"initial"``, but from the second path pass on no share is below the median of those first shares;
+            ``None``: leave branches as they are. (:class:`~px_hf.PXConfig` defaults: ``norm="running"``,
+            ``branch_share="floored"``; these defaults are the plain passes.)
+    """
+
+    def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True,
+                 branch_share: Optional[Union[float, str]] = None):
+        self.model = model
+        self.norm = norm
+        self.activation = activation
+        self.rules: dict[nn.Module, Rule] = {}
+        instances: dict[type, Rule] = {}
+        for module in model.modules():
+            kind = next((cls for cls in RULES if cls.matches(module)), None)
+            if kind is not None:
+                self.rules[module] = instances.setdefault(kind, kind())
+        self._norm_rule = instances.get(NormRule) or NormRule()
+        self.residual = ResidualScaling(model, rescale_blocks, branch_share)
+        self.attentions = [m for m in model.modules() if uses_attention_interface(m)]
+        self.mode = "off"
+        self.record = True
+        self.log_scale = 0.0
+        self._records: dict[nn.Module, list] = {}
+        self._cursor: dict[nn.Module, int] = {}
+        self._inputs: dict[nn.Module, torch.Tensor] = {}
+        self._exit: Optional[ExitStack] = None
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "LinearizedPasses":
+        stack = ExitStack()
+        training = {m: m.training for m in self.model.modules()}
+        stack.callback(lambda: [m.train(flag) for m, flag in training.items()])
+        self.model.eval()
+        handles = []
+        for module, rule in self.rules.items():
+            rule.setup(module)
+            handles.append(module.register_forward_pre_hook(self._save_input))
+            handles.append(module.register_forward_hook(self._apply_rule))
+        handles += self.residual.install(self)
+        stack.callback(lambda: [handle.remove() for handle in handles])
+        configs = list({id(m.config): m.config for m in self.attentions}.values())
+        stack.enter_context(routed_attention(self, configs))
+        stack.callback(self.clear_records)
+        self._exit = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack, self._exit = self._exit, None
+        stack.close()
+
+    @contextmanager
+    def run(self, mode: str, record: bool = True) -> Iterator["LinearizedPasses"]:
+        """Run the forward passes inside the block in ``mode`` (``real``, ``data``, ``path`` or ``synflow``)."""
+        self.mode, self.record, self.log_scale = mode, record, 0.0
+        self._cursor = {}
+        if mode == "real" and record:
+            self._records.clear()  # a data pass replays the latest real pass, never a stale one
+        try:
+            yield self
+        finally:
+            self.residual.end_of_pass(mode)
+            self.mode = "off"
+            self._inputs.clear()
+
+    # ------------------------------------------------------------------------------------------------ records
+    def keep(self, module: nn.Module, value) -> None:
+        """Record ``value`` for ``module`` in the real pass (for the data pass on the same inputs)."""
+        if self.record:
+            self._records.setdefault(module, []).append(value)
+
+    def take(self, module: nn.Module):
+        """The next record of ``module`` from the real pass (a module may run more than once per forward)."""
+        index = self._cursor.get(module, 0)
+        self._cursor[module] = index + 1
+        try:
+            return self._records[module][index]
+        except (KeyError, IndexError):
+            raise RuntimeError(
+                f"the data pass reached {type(module).__name__} more often than the real pass did; "
+                "run a real pass on the same inputs first"
+            ) from None
+
+    def clear_records(self) -> None:
+        """Forget what the real pass recorded (call after the matching data pass)."""
+        self._records.clear()
+
+    # ------------------------------------------------------------------------------------ norm statistics
+    def reset_statistics(self) -> None:
+        self._norm_rule.reset()
+
+    def statistics(self) -> list[torch.Tensor]:
+        """Per-norm sums of ``rstd**2`` and their counts, for every norm in a fixed order (for all-reducing across
+        processes: a process that saw no data contributes zeros of the same shapes)."""
+        return self._norm_rule.statistics([m for m in self.rules if is_norm(m)])
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _save_input(self, module: nn.Module, args):
+        if self.mode == "off":
+            return None
+        z = args[0]
+        self._inputs[module] = z
+        if self.rules[module].replaces_output(self, module):
+            # The rule computes the output from the saved input; an empty batch spares the module's own work.
+            return (z[:0], *args[1:])
+        if getattr(module, "inplace", False):
+            # The saved pre-activation must survive an in-place activation.
+            return (z.clone(), *args[1:])
+        return None
+
+    def _apply_rule(self, module: nn.Module, args, out):
+        if self.mode == "off":
+            return None
+        return self.rules[module].apply(self, module, self._inputs.pop(module), out)

@@ -1,0 +1,164 @@
+"""Residual blocks in the linear passes: rescaling the stream, and balancing each branch against it.
+
+Rescaling: in the data, path and synflow modes every residual block's output is divided by a detached scalar.
+All passes are positively homogeneous, so this only multiplies the result by ``exp(log_scale)`` and keeps float32
+finite in deep networks.
+
+Branch balancing (path mode only) multiplies each residual branch's output by a detached factor that gives it a
+share of the mean magnitude of the stream entering its block. Without it a branch's path mass falls like its
+density to the power of its depth while its weight count falls like its density, so per-weight scores of a
+thinning branch fall and iterative pruning removes whole branches; with it each branch keeps a constant share of
+the path mass, the conservation that keeps the layers of a plain chain alive (docs/px_generalization.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional, Union
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ...config import BRANCH_SHARE_RULES
+from ..structure import residual_blocks, residual_branches
+
+if TYPE_CHECKING:
+    from .engine import LinearizedPasses
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The hidden states of a module output that may be a tuple, possibly nested (transformers blocks; PVTv2's
+    blocks return a tuple inside a tuple)."""
+    while isinstance(out, tuple):
+        out = out[0]
+    return out
+
+
+def _with_first(out, tensor: torch.Tensor):
+    """``out`` with its hidden states replaced by ``tensor``."""
+    return (_with_first(out[0], tensor), *out[1:]) if isinstance(out, tuple) else tensor
+
+
+def magnitude(tensor: torch.Tensor) -> float:
+    """Mean magnitude of ``tensor`` (detached). The mean of a strided sample is enough to keep values near 1 and
+    costs nothing next to a full reduction; the full mean is the fallback when the sample is all zero."""
+    flat = tensor.detach().reshape(-1)
+    scale = float(flat[:: max(1, flat.numel() // 4096)].abs().mean())
+    if not scale > 0:
+        scale = float(torch.linalg.vector_norm(flat, 1)) / flat.numel()
+    return scale
+
+
+def _balanced(branch: torch.Tensor, target: float) -> torch.Tensor:
+    """``branch`` times a detached factor that makes its mean magnitude ``target`` (unchanged when it is all zero:
+    a branch without paths stays without paths)."""
+    scale = magnitude(branch)
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(target) and target > 0):
+        return branch
+    return branch * (target / scale)
+
+
+class ResidualScaling:
+    """The hooks on residual blocks: rescaling (``rescale_blocks``) and branch balancing (``branch_share``: a
+    fixed multiple of the stream, ``"initial"``, ``"floored"`` or ``None``; see :class:`~.engine.LinearizedPasses`)."""
+
+    def __init__(self, model: nn.Module, rescale_blocks: bool, branch_share: Optional[Union[float, str]]):
+        self.blocks = residual_blocks(model) if rescale_blocks else []
+        self.branch_share = branch_share
+        self.branched = residual_branches(model) if branch_share is not None else []
+        self._flat = {r.module for r in self.branched if not r.branches}
+        self._identity_skip: dict[nn.Module, bool] = {}
+        self._stream: dict[nn.Module, float] = {}
+        self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
+        self._floored = False
+        self._block_inputs: dict[nn.Module, torch.Tensor] = {}
+        self.passes: Optional["LinearizedPasses"] = None
+
+    def install(self, passes: "LinearizedPasses") -> list:
+        """Register the hooks; returns their handles."""
+        self.passes = passes
+        handles = []
+        for residual in self.branched:
+            # Registered before the rescaling hook, so a flat block is balanced before its output is rescaled.
+            block = residual.module
+            handles.append(block.register_forward_pre_hook(self._block_input_hook))
+            if residual.branches:
+                for branch in residual.branches:
+                    handles.append(branch.register_forward_hook(
+                        lambda m, a, out, b=block: self._balance_branch(m, b, out)))
+            else:
+                handles.append(block.register_forward_hook(self._balance_flat_block))
+        for block in self.blocks:
+            handles.append(block.register_forward_hook(self._block_hook))
+        return handles
+
+    def end_of_pass(self, mode: str) -> None:
+        """Forget the pass's streams; after the first path pass, floor the shares (``"floored"``)."""
+        if mode == "path" and self.branch_share == "floored" and self._shares and not self._floored:
+            median = float(torch.tensor(list(self._shares.values())).median())
+            # Every share below the median of the first path pass's shares is raised to it: a pre-trained network
+            # keeps its own balance, while branches that start almost silent (a layer scale of 1e-6, a zero-init
+            # residual) are not starved of path mass and removed whole.
+            self._shares = {branch: max(share, median) for branch, share in self._shares.items()}
+            self._floored = True
+        self._stream.clear()
+        self._block_inputs.clear()
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _block_input_hook(self, module: nn.Module, args):
+        if self.passes.mode == "path":
+            self._stream[module] = magnitude(args[0])
+            if module in self._flat:  # its branch is its output minus this input
+                self._block_inputs[module] = args[0]
+
+    def _target(self, branch: nn.Module, block: nn.Module, tensor: torch.Tensor) -> float:
+        """The magnitude ``branch`` (a module, or a flat block) is balanced to in this path pass."""
+        stream = self._stream[block]
+        if self.branch_share not in BRANCH_SHARE_RULES:
+            return self.branch_share * stream
+        if branch not in self._shares:  # the first path pass: the network's own share, kept from here on
+            self._shares[branch] = magnitude(tensor) / stream if stream > 0 else 1.0
+        return self._shares[branch] * stream
+
+    def _balance_branch(self, branch: nn.Module, block: nn.Module, out):
+        if self.passes.mode != "path":
+            return None
+        tensor = first_tensor(out)
+        return _with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
+
+    def _balance_flat_block(self, module: nn.Module, args, out):
+        """A block without a branch module: its branch is its output minus its identity skip."""
+        if self.passes.mode != "path":
+            return None
+        tensor, skip = first_tensor(out), self._block_inputs.pop(module)
+        if not self._has_identity_skip(module, skip):
+            return None  # a plain stage: without a skip there is no branch to separate
+        branch = tensor - skip
+        return _with_first(out, skip + _balanced(branch, self._target(module, module, branch)))
+
+    def _has_identity_skip(self, module: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``module`` returns its input when all its parameters are zero (once per module): true of
+        ``x + branch(x)``, false of a stage without a skip, which must not be split as if it had one."""
+        if module not in self._identity_skip:
+            zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+            passes, mode = self.passes, self.passes.mode
+            passes.mode = "off"  # the module as it is, none of the hooks
+            try:
+                with torch.no_grad():
+                    out = first_tensor(functional_call(module, zeros, (x.detach(),)))
+            finally:
+                passes.mode = mode
+            self._identity_skip[module] = out.shape == x.shape and bool(torch.allclose(out, x))
+        return self._identity_skip[module]
+
+    def _block_hook(self, module: nn.Module, args, out):
+        if self.passes.mode in ("off", "real"):
+            return None
+        tensor = first_tensor(out)
+        scale = magnitude(tensor)
+        if not (math.isfinite(scale) and scale > 0):
+            return None
+        self.passes.log_scale += math.log(scale)
+        # In the no-grad data pass the block's output has no other user, so it is rescaled in place.
+        return _with_first(out, tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale)
