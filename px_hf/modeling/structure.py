@@ -14,8 +14,8 @@ from ..targets import PRUNABLE_LAYER_TYPES
 # Modules in torch.nn.modules.activation that are not element-wise activations.
 _NOT_ELEMENTWISE = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "GLU", "Threshold")
 # Parameters added to the token stream (zero in the PX passes) and multiplicative per-channel scales (one).
-_ADDITIVE_NAMES = ("cls_token", "position_embeddings", "mask_token", "pos_embed", "dist_token", "distillation_token",
-                   "register_tokens", "relative_position_bias_table")
+_ADDITIVE_NAMES = ("cls_token", "class_embedding", "position_embeddings", "mask_token", "pos_embed", "dist_token",
+                   "distillation_token", "register_tokens", "relative_position_bias_table")
 _SCALE_NAMES = ("layer_scale", "lambda", "ls1", "ls2")
 _QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 # Children of a residual block that form its skip connection rather than a branch.
