@@ -32,33 +32,27 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def _kth_largest(scores: list[torch.Tensor], live: list[torch.Tensor], k: int) -> torch.Tensor:
-    """The k-th largest live score across several tensors (1 <= k <= number of live entries).
+def _kth_largest(scores: list[torch.Tensor], k: int) -> torch.Tensor:
+    """The k-th largest score across several tensors whose dead entries are ``-inf`` (1 <= k <= live entries).
 
-    A strided sample brackets the answer and only the live entries inside the bracket are gathered, so no copy of
-    all the scores is ever made; the result is exact (a full selection is the fallback).
+    A strided sample brackets the answer and only the entries inside the bracket are gathered, so no copy of all
+    the scores is ever made; the result is exact (a full selection is the fallback).
     """
     total = sum(s.numel() for s in scores)
-    # Compared in the scores' own precision: float64 scores rounded to float32 would move the threshold (or
-    # underflow to 0) and the count of entries above it would no longer be k.
-    dtype = torch.float32
-    for s in scores:
-        dtype = torch.promote_types(dtype, s.dtype)
     if total > 16 * _SAMPLE:
         step = total // _SAMPLE
-        sample = torch.cat([_flat(s)[::step].to(dtype).masked_fill(~_flat(m)[::step], -math.inf)
-                            for s, m in zip(scores, live)])
+        sample = torch.cat([_flat(s)[::step] for s in scores])
         m = sample.numel()
         position = m * (1.0 - k / total)
         margin = 8.0 * math.sqrt(m) + 16
         lo = sample.kthvalue(max(1, int(position - margin))).values
         hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
-        above = sum(int(torch.count_nonzero((s > hi) & m)) for s, m in zip(scores, live))
-        band = torch.cat([s[(s >= lo) & (s <= hi) & m].to(dtype) for s, m in zip(scores, live)])
+        above = sum(int(torch.count_nonzero(s > hi)) for s in scores)
+        band = torch.cat([s[(s >= lo) & (s <= hi)] for s in scores])
         need = k - above
         if 1 <= need <= band.numel():
             return band.kthvalue(band.numel() - need + 1).values
-    flat = torch.cat([_flat(s).to(dtype).masked_fill(~_flat(m), -math.inf) for s, m in zip(scores, live)])
+    flat = torch.cat([_flat(s) for s in scores])
     return flat.kthvalue(flat.numel() - k + 1).values
 
 
@@ -72,11 +66,19 @@ def _top_k(
         return [m.clone() for m in live]
     if k <= 0:
         return [torch.zeros_like(m) for m in live]
-    threshold = _kth_largest(scores, live, k)
-    chosen = [(s > threshold) & m for s, m in zip(scores, live)]
-    missing = k - sum(int(torch.count_nonzero(c)) for c in chosen)
-    if missing > 0:
-        tied = [torch.nonzero(_flat((s == threshold) & m)).reshape(-1) for s, m in zip(scores, live)]
+    # Compared in the scores' own precision: float64 scores rounded to float32 would move the threshold (or
+    # underflow to 0) and the count of entries above it would no longer be k. Dead entries become -inf once, so
+    # no later comparison needs the masks.
+    dtype = torch.float32
+    for s in scores:
+        dtype = torch.promote_types(dtype, s.dtype)
+    scores = [s.to(dtype).masked_fill(~m, -math.inf) for s, m in zip(scores, live)]
+    threshold = _kth_largest(scores, k)
+    chosen = [s >= threshold for s in scores]
+    if sum(int(torch.count_nonzero(c)) for c in chosen) > k:  # ties at the threshold: only some of them stay
+        chosen = [s > threshold for s in scores]
+        missing = k - sum(int(torch.count_nonzero(c)) for c in chosen)
+        tied = [torch.nonzero(_flat(s == threshold)).reshape(-1) for s in scores]
         owner = torch.cat([torch.full_like(t, i) for i, t in enumerate(tied)])
         pick = torch.randperm(owner.numel(), generator=generator, device="cpu").to(owner.device)[:missing]
         positions = torch.cat(tied)[pick]

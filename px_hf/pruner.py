@@ -290,7 +290,8 @@ class PXPruner:
     def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> dict[str, torch.Tensor]:
         """``scores``, once every one is finite."""
         for name, score in scores.items():
-            if not torch.isfinite(score).all():
+            # One reduction, no temporary: the extremes are NaN or infinite whenever any entry is.
+            if score.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(score))).all()):
                 raise FloatingPointError(
                     f"{self.config.scorer} scores of {name} are not finite in round {round_index}; "
                     "the model may be too deep for its dtype (keep px_rescale_blocks=True)"
