@@ -55,7 +55,8 @@ class PXPruner:
         self.scores: dict[str, torch.Tensor] = {}
         self.pruning_set: Optional[PruningSet] = None
         self._saved_record: dict[str, Any] = {}
-        # Per round: density, seconds, bytes all-reduced by this process.
+        # Per round: density, seconds (all of it, and the scorer's share: its passes), bytes all-reduced by this
+        # process.
         self.history: list[dict[str, float]] = []
         self.masks_sha256: Optional[str] = None
 
@@ -275,10 +276,11 @@ class PXPruner:
                     ctx.batches = [(x.to(dtype), y) for x, y in ctx.batches]
                     ctx.cache.clear()
                     scores = self._check_scores(scorer(ctx), round_index)
+                scored = time.perf_counter()
                 masks = select_masks(scores, masks, density, config.scope, generator)
                 apply_masks(params, masks)
                 self.history.append({"round": round_index, "density": density,
-                                     "seconds": time.perf_counter() - started,
+                                     "seconds": time.perf_counter() - started, "scoring_seconds": scored - started,
                                      "bytes_reduced": process.bytes_reduced - sent})
                 bar.set_postfix(density=f"{density:.4f}")
                 if callback is not None:
