@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 
-from ..structure import is_norm, uses_attention_interface
+from ..structure import uses_attention_interface
 from .attention import routed_attention
 from .normalization import NormRule
 from .residual import ResidualScaling
@@ -44,7 +44,9 @@ class LinearizedPasses:
         for module in model.modules():
             kind = next((cls for cls in RULES if cls.matches(module)), None)
             if kind is not None:
-                self.rules[module] = instances.setdefault(kind, kind())
+                if kind not in instances:
+                    instances[kind] = kind()
+                self.rules[module] = instances[kind]
         self._norm_rule = instances.get(NormRule) or NormRule()
         self.residual = ResidualScaling(model, rescale_blocks, branch_share)
         self.attentions = [m for m in model.modules() if uses_attention_interface(m)]
@@ -122,7 +124,7 @@ class LinearizedPasses:
     def statistics(self) -> list[torch.Tensor]:
         """Per-norm sums of ``rstd**2`` and their counts, for every norm in a fixed order (for all-reducing across
         processes: a process that saw no data contributes zeros of the same shapes)."""
-        return self._norm_rule.statistics([m for m in self.rules if is_norm(m)])
+        return self._norm_rule.statistics([m for m, rule in self.rules.items() if rule is self._norm_rule])
 
     # ------------------------------------------------------------------------------------------------ hooks
     def _save_input(self, module: nn.Module, args):
