@@ -28,15 +28,12 @@ FAILS_TO_SCORE: dict[str, str] = {}
 NOT_LINEAR: dict[str, str] = {
     "cvt": "CvtSelfAttention (inline softmax attention)",
     "donut-swin": "DonutSwinLayer (its window attention computes the softmax inline)",
-    "efficientnet": "EfficientNetSqueezeExciteLayer (squeeze-excitation product)",
     "focalnet": "FocalNetModulation (focal modulation product)",
     "hiera": "HieraMaskUnitAttention (inline softmax attention)",
     "levit": "LevitAttentionSubsample (inline softmax attention with attention biases)",
     "mobilevitv2": "MobileViTV2LinearSelfAttention (softmax context scores)",
     "perceiver": "PerceiverSelfAttention (inline softmax cross-attention)",
-    "pp_lcnet": "PPLCNetSqueezeExcitationModule (squeeze-excitation product)",
     "pvt": "PvtEfficientSelfAttention (inline softmax attention)",
-    "regnet": "RegNetSELayer (squeeze-excitation product)",
     "swiftformer": "SwiftFormerEfficientAdditiveAttention (additive attention with a normalized query)",
 }
 COLLAPSES: dict[str, str] = {

@@ -115,3 +115,57 @@ def test_linearity_check_accepts_a_network_the_rules_cover():
     with LinearizedPasses(model) as passes:
         params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
         check_data_pass_linear(passes, model, torch.randn(4, 6), params)  # raises if not linear
+
+
+class _SqueezeExcite(nn.Module):
+    """``x * sigmoid(conv(relu(conv(pool(x)))))``, as in EfficientNet and RegNet; ``broken`` adds the gate."""
+
+    def __init__(self, channels: int, broken: bool = False):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.gate = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.ReLU(), nn.Conv2d(2, channels, 1), nn.Sigmoid())
+        self.broken = broken
+
+    def forward(self, x):
+        gate = self.gate(self.pool(x))
+        return x + gate if self.broken else x * gate
+
+
+def _gated_net(broken: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), _SqueezeExcite(4, broken), nn.Flatten(), nn.LazyLinear(3))
+
+
+def test_squeeze_excitation_gate_is_replayed_in_the_data_pass():
+    model = _gated_net()
+    x = torch.randn(5, 3, 6, 6)
+    model(x)  # materializes the lazy layer
+    with LinearizedPasses(model, rescale_blocks=False) as passes:  # no common factor on the block's output
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, x, params)
+        with torch.no_grad(), passes.run("real"):
+            features = model[:2](x)
+            gate = model[2].gate(model[2].pool(features))
+            model(x)
+        with torch.no_grad(), passes.run("data"):
+            replayed = model[2](features)
+    torch.testing.assert_close(replayed, features * gate)
+
+
+def test_squeeze_excitation_layers_get_path_scores():
+    model = _gated_net()
+    data = (torch.randn(12, 3, 6, 6), torch.arange(12) % 3)
+    model(data[0])
+    pruner = PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None))
+    pruner.prune(data, progress=False)
+    for name in ("2.gate.0.weight", "2.gate.2.weight"):  # on the paths through the block, not a constant
+        assert pruner.scores[name].gt(0).float().mean() > 0.5, name
+    assert pruner.summary().collapsed == []
+
+
+def test_a_gate_that_is_not_a_product_is_refused_by_name():
+    model = _gated_net(broken=True)
+    data = (torch.randn(12, 3, 6, 6), torch.arange(12) % 3)
+    model(data[0])
+    with pytest.raises(ModelError, match="_SqueezeExcite"):
+        PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -44,6 +45,28 @@ def is_activation(module: nn.Module) -> bool:
 def is_norm(module: nn.Module) -> bool:
     """BatchNorm, LayerNorm (and subclasses such as ConvNeXt's) and GroupNorm."""
     return isinstance(module, (_BatchNorm, nn.LayerNorm, nn.GroupNorm))
+
+
+_GATE_ACTIVATIONS = (nn.Sigmoid, nn.Hardsigmoid)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_GATE_PARTS = (*_GLOBAL_POOLS, nn.Sequential, nn.ModuleList, *PRUNABLE_LAYER_TYPES)
+
+
+def gate_activation(module: nn.Module) -> Optional[nn.Module]:
+    """The sigmoid of a squeeze-excitation block, or ``None`` when ``module`` is not one.
+
+    A squeeze-excitation block is recognized by what it is built from: a global average pool (output size 1),
+    layers, element-wise activations, and a last sigmoid-like activation, and nothing else.
+    """
+    parts = list(module.modules())[1:]
+    pools = [m for m in parts if isinstance(m, _GLOBAL_POOLS)]
+    gates = [m for m in parts if isinstance(m, _GATE_ACTIVATIONS)]
+    if not pools or not gates or any(not isinstance(m, _GATE_PARTS) and not is_activation(m) for m in parts):
+        return None
+    sizes = [p.output_size if isinstance(p.output_size, tuple) else (p.output_size,) for p in pools]
+    if any(s != 1 for size in sizes for s in size):
+        return None
+    return gates[-1]
 
 
 def is_max_pool(module: nn.Module) -> bool:

@@ -3,7 +3,8 @@
 Modes:
 
 - ``real``: the model as it is, on real data. Each rule records what the linear modes need: an activation's gate
-  ``phi(z) / z``, a normalization's inverse standard deviation, an attention probability matrix, a max-pool choice.
+  ``phi(z) / z``, a normalization's inverse standard deviation, an attention probability matrix, a max-pool choice,
+  a squeeze-excitation gate.
 - ``data``: the recorded gates replace every non-linearity, so the network becomes linear in its input
   (``z1`` of the PX bound: unit weights, squared input).
 - ``path``: activations are the identity, attention is uniform, norms are the fixed gain ``gamma**2 * E[rstd**2]``
@@ -11,7 +12,8 @@ Modes:
 - ``synflow``: as ``path`` with norms reduced to ``|gamma|``, for SynFlow's data-free pass.
 
 What a kind of module does in each mode is a :class:`~px_hf.modeling.passes.base.Rule`, one module per kind
-(``activation.py``, ``normalization.py``, ``pooling.py``), listed in ``registry.py``; attention that dispatches through transformers' ``AttentionInterface``
+(``activation.py``, ``normalization.py``, ``pooling.py``, ``gate.py`` for squeeze-excitation), listed in
+``registry.py``; attention that dispatches through transformers' ``AttentionInterface``
 is in ``attention.py``; residual-block rescaling and branch balancing in ``residual.py``; the transformed
 parameters of each mode in ``parameters.py``; the check that the data pass is really linear in ``linearity.py``.
 :class:`LinearizedPasses` (``engine.py``) installs the hooks and dispatches to them.

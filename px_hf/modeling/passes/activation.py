@@ -25,12 +25,13 @@ class ActivationRule(Rule):
     def matches(module: nn.Module) -> bool:
         return is_activation(module)
 
-    def setup(self, module: nn.Module) -> None:
+    def setup(self, module: nn.Module) -> list:
         # phi(z) / z is 0/0 at z == 0; its limit there is the slope at 0, measured once per module.
         probe = torch.tensor([1e-3, -1e-3])
         with torch.no_grad():
             out = module(probe)
         self._slope0[module] = float((out[0] - out[1]) / 2e-3)
+        return []
 
     def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:
         return passes.mode != "real"

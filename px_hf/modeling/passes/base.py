@@ -2,7 +2,7 @@
 
 A rule claims the modules it :meth:`~Rule.matches`; the engine hooks every claimed module, saves its input, and
 hands input and output to :meth:`Rule.apply`, which returns the module's output in the current mode (``None``:
-the module's own). Adding support for a kind of module is adding a rule class to :data:`.registry.RULES`.
+the module's own). While a rule computes a module's output itself, the modules inside it run unhooked. Adding support for a kind of module is adding a rule class to :data:`.registry.RULES`.
 Modules no rule claims run as they are; a non-linear one among them is caught by :func:`~.linearity.check_data_pass_linear`.
 """
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 if TYPE_CHECKING:
     from .engine import LinearizedPasses
@@ -24,8 +25,10 @@ class Rule:
     def matches(module: nn.Module) -> bool:
         raise NotImplementedError
 
-    def setup(self, module: nn.Module) -> None:
-        """Called once per claimed module when the passes are entered."""
+    def setup(self, module: nn.Module) -> list[RemovableHandle]:
+        """Called once per claimed module when the passes are entered, after the engine's hooks are in place;
+        returns the hooks the rule installs itself (removed on leaving)."""
+        return []
 
     def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:
         """Whether :meth:`apply` computes the output itself in the current mode (the module then runs on an

@@ -56,6 +56,7 @@ class LinearizedPasses:
         self._records: dict[nn.Module, list] = {}
         self._cursor: dict[nn.Module, int] = {}
         self._inputs: dict[nn.Module, torch.Tensor] = {}
+        self._replacing = 0  # depth of modules whose output a rule is computing: their insides run unhooked
         self._exit: Optional[ExitStack] = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -65,10 +66,11 @@ class LinearizedPasses:
         stack.callback(lambda: [m.train(flag) for m, flag in training.items()])
         self.model.eval()
         handles = []
-        for module, rule in self.rules.items():
-            rule.setup(module)
+        for module in self.rules:
             handles.append(module.register_forward_pre_hook(self._save_input))
             handles.append(module.register_forward_hook(self._apply_rule))
+        for module, rule in self.rules.items():
+            handles += rule.setup(module)
         handles += self.residual.install(self)
         stack.callback(lambda: [handle.remove() for handle in handles])
         configs = list({id(m.config): m.config for m in self.attentions}.values())
@@ -94,6 +96,7 @@ class LinearizedPasses:
             self.residual.end_of_pass(mode)
             self.mode = "off"
             self._inputs.clear()
+            self._replacing = 0
 
     # ------------------------------------------------------------------------------------------------ records
     def keep(self, module: nn.Module, value) -> None:
@@ -128,12 +131,13 @@ class LinearizedPasses:
 
     # ------------------------------------------------------------------------------------------------ hooks
     def _save_input(self, module: nn.Module, args):
-        if self.mode == "off":
+        if self.mode == "off" or self._replacing:
             return None
         z = args[0]
         self._inputs[module] = z
         if self.rules[module].replaces_output(self, module):
             # The rule computes the output from the saved input; an empty batch spares the module's own work.
+            self._replacing += 1
             return (z[:0], *args[1:])
         if getattr(module, "inplace", False):
             # The saved pre-activation must survive an in-place activation.
@@ -141,6 +145,8 @@ class LinearizedPasses:
         return None
 
     def _apply_rule(self, module: nn.Module, args, out):
-        if self.mode == "off":
+        if self.mode == "off" or module not in self._inputs:
             return None
+        if self.rules[module].replaces_output(self, module):
+            self._replacing -= 1
         return self.rules[module].apply(self, module, self._inputs.pop(module), out)

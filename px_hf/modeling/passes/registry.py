@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .activation import ActivationRule
 from .base import Rule
+from .gate import GateRule
 from .normalization import NormRule
 from .pooling import MaxPoolRule
 
 # Each LinearizedPasses makes its own instances: rules keep per-module state (a normalization's statistics, an
 # activation's slope at zero) for one set of passes.
-RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule)
+RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule, GateRule)
