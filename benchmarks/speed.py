@@ -114,6 +114,23 @@ def _fixed_mmap_threshold() -> None:
         raise OSError("mallopt(M_MMAP_THRESHOLD) failed")
 
 
+TYPE_PREFIX = "type:"  # a Measurement's model "type:<model_type>": that transformers type's default config
+
+
+def model_label(model: str) -> str:
+    return model[len(TYPE_PREFIX):] if model.startswith(TYPE_PREFIX) else MODELS[model][0]
+
+
+def _build(model: str, image_size: int):
+    from px_hf.zoo import image_classifier, small_model
+
+    if model.startswith(TYPE_PREFIX):
+        return image_classifier(model[len(TYPE_PREFIX):], NUM_LABELS, image_size=image_size)[0]
+    _, family, overrides = MODELS[model]
+    return small_model(family, size="base", image_size=image_size, num_channels=3, num_labels=NUM_LABELS,
+                       **overrides)
+
+
 def _measure(m: Measurement) -> dict[str, float]:
     """Runs in a fresh process: seconds (median), extra peak bytes, parameter count and bytes."""
     import psutil
@@ -121,14 +138,11 @@ def _measure(m: Measurement) -> dict[str, float]:
 
     from px_hf import PXConfig, PXPruner
     from px_hf.modeling.io import forward
-    from px_hf.zoo import small_model
 
     torch.set_num_threads(m.threads)
     if m.allocator == "mmap":
         _fixed_mmap_threshold()
-    _, family, overrides = MODELS[m.model]
-    model = small_model(family, size="base", image_size=m.image_size, num_channels=3, num_labels=NUM_LABELS,
-                        **overrides)
+    model = _build(m.model, m.image_size)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(m.examples, 3, m.image_size, m.image_size, generator=generator)
     labels = torch.randint(NUM_LABELS, (m.examples,), generator=generator)
@@ -212,7 +226,7 @@ def round_row(args: argparse.Namespace, model: str, scorer: str, examples: int,
                            allocator))
     mb = 2**20
     return {
-        "model": MODELS[model][0], "params_m": fwd["params"] / 1e6, "scorer": scorer, "examples": examples,
+        "model": model_label(model), "params_m": fwd["params"] / 1e6, "scorer": scorer, "examples": examples,
         "allocator": allocator,
         "batches": math.ceil(examples / args.batch), "forward_s": fwd["seconds"], "round_s": run["seconds"],
         "round_over_forward": run["seconds"] / fwd["seconds"], "params_mb": fwd["params_bytes"] / mb,

@@ -1,4 +1,5 @@
-"""Small ViT, ConvNeXt and ResNet models built from configs (no download), for demos, tests and benchmarks."""
+"""Models built from configs (no download), for demos, tests and benchmarks: small ViT, ConvNeXt and ResNet
+models, and any image classifier type transformers registers."""
 
 from __future__ import annotations
 
@@ -60,3 +61,31 @@ def _smallest_image(family: str, config) -> int:
     if family == "convnext":  # a patchify stem, then a stride-2 downsampling before every later stage
         return config.patch_size * 2 ** (config.num_stages - 1)
     return 1  # ResNet's padded strided convolutions accept any size, so the check above never fails for it
+
+
+def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0, default_image_size: int = 32,
+                     **overrides) -> tuple[PreTrainedModel, tuple[int, int, int]]:
+    """A randomly initialized ``AutoModelForImageClassification`` of ``model_type`` (eval mode) and the shape of
+    one input image (``default_image_size`` pixels per side when the config sets none). ``overrides`` are passed
+    to the type's default config."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as NAMES
+
+    from .errors import ModelError
+
+    if model_type not in NAMES:
+        raise ModelError(f"{model_type!r} is not an image classification model type of transformers; choose one of "
+                         f"{', '.join(sorted(NAMES))}")
+    config = AutoConfig.for_model(model_type, **overrides)
+    config.num_labels = num_labels
+    names = NAMES[model_type]
+    # Built from the class: from_config needs config.architectures, which some default configs lack.
+    model_cls = getattr(transformers, names if isinstance(names, str) else names[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).eval()
+    size = getattr(getattr(config, "vision_config", config), "image_size", None) or default_image_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return model, (getattr(config, "num_channels", 3), size, size)

@@ -8,9 +8,9 @@ parameters, 32x32 images unless ``image_size`` says otherwise) or listed in ``NO
 from __future__ import annotations
 
 import torch
-import transformers
-from transformers import AutoConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+from px_hf.zoo import image_classifier
 
 _VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64)
@@ -88,14 +88,4 @@ def model_types() -> list[str]:
 
 def tiny_model(model_type: str, num_labels: int = 4, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """The tiny model of ``model_type`` (eval mode) and the shape of one input image."""
-    config = AutoConfig.for_model(model_type, **TINY[model_type])
-    config.num_labels = num_labels
-    names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
-    # Built from the class: from_config needs config.architectures, which some default configs lack.
-    model_cls = getattr(transformers, names if isinstance(names, str) else names[0])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config).eval()
-    size = getattr(getattr(config, "vision_config", config), "image_size", None) or 32
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return model, (getattr(config, "num_channels", 3), size, size)
+    return image_classifier(model_type, num_labels, seed, **TINY[model_type])
