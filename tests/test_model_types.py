@@ -26,25 +26,26 @@ FAILS_TO_SCORE: dict[str, str] = {}
 # model type -> the module PX's linearity check names: it computes a non-linearity without a pass rule, so PX
 # refuses the model (the baselines still prune it). Measured with the check of px_hf.modeling.passes.linearity.
 NOT_LINEAR: dict[str, str] = {
-    "cvt": "CvtSelfAttention (inline softmax attention)",
-    "donut-swin": "DonutSwinLayer (its window attention computes the softmax inline)",
     "focalnet": "FocalNetModulation (focal modulation product)",
     "hiera": "HieraMaskUnitAttention (inline softmax attention)",
     "levit": "LevitAttentionSubsample (inline softmax attention with attention biases)",
     "mobilevitv2": "MobileViTV2LinearSelfAttention (softmax context scores)",
-    "perceiver": "PerceiverSelfAttention (inline softmax cross-attention)",
-    "pvt": "PvtEfficientSelfAttention (inline softmax attention)",
     "swiftformer": "SwiftFormerEfficientAdditiveAttention (additive attention with a normalized query)",
 }
 COLLAPSES: dict[str, str] = {
     "convnext": "3 of 9 layers (the first block: 2 blocks, both with layer scale 1e-6, so the median share "
                 "floors nothing)",
     "convnextv2": "3 of 9 layers (the first block, as convnext)",
+    "cvt": "33 of 58 layers (the first two stages' blocks, as swin's first block; and in every block the depthwise "
+           "convolutions in front of the query and key projections, which feed only the softmax)",
     "data2vec-vision": "1 of 14 layers (the patch embedding)",
+    "donut-swin": "6 of 15 layers (the first block, which in swin keeps 0.1-0.4% of its weights)",
     "hgnet_v2": "6 of 15 layers (stem convolutions)",
     "mobilenet_v2": "30 of 53 layers (inverted-residual convolutions; scored in float64)",
     "mobilevit": "24 of 90 layers (inverted-residual convolutions; scored in float64)",
+    "perceiver": "1 of 21 layers (the position projection, whose output is added to the inputs: no path through it)",
     "poolformer": "1 of 7 layers (the classifier)",
+    "pvt": "7 of 16 layers (the first block, as donut-swin)",
     "pvt_v2": "15 of 18 layers (attention and MLP)",
     "segformer": "15 of 18 layers (attention and MLP)",
     "siglip": "3 of 17 layers: the attention-pooling head, which SiglipForImageClassification does not use (it "

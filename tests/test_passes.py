@@ -169,3 +169,39 @@ def test_a_gate_that_is_not_a_product_is_refused_by_name():
     model(data[0])
     with pytest.raises(ModelError, match="_SqueezeExcite"):
         PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)
+
+
+class _InlineAttention(nn.Module):
+    """Softmax attention computed inline, its probabilities through ``self.dropout`` (as CvT, PVT, Donut-Swin)."""
+
+    def __init__(self, width: int, dropout: bool = True):
+        super().__init__()
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.dropout = nn.Dropout(0.1) if dropout else None
+
+    def forward(self, x):
+        probs = torch.softmax(self.query(x) @ self.key(x).transpose(1, 2), dim=-1)
+        return (self.dropout(probs) if self.dropout is not None else probs) @ self.value(x)
+
+
+def test_inline_attention_probabilities_are_replayed_through_their_dropout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), _InlineAttention(8), nn.Flatten(), nn.Linear(40, 3))
+    x = torch.randn(6, 5, 4)
+    with LinearizedPasses(model, rescale_blocks=False) as passes:
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, x, params)
+        with torch.no_grad(), passes.run("real"):
+            hidden = model[0](x)
+            probs = torch.softmax(model[1].query(hidden) @ model[1].key(hidden).transpose(1, 2), dim=-1)
+            model(x)
+        with torch.no_grad(), passes.run("data"):
+            replayed = model[1](hidden * 3)  # other inputs, same probabilities
+    torch.testing.assert_close(replayed, probs @ model[1].value(hidden * 3))
+
+
+def test_inline_attention_without_a_dropout_module_is_refused():
+    model = nn.Sequential(nn.Linear(4, 8), _InlineAttention(8, dropout=False), nn.Flatten(), nn.Linear(40, 3))
+    data = (torch.randn(12, 5, 4), torch.arange(12) % 3)
+    with pytest.raises(ModelError, match="_InlineAttention"):
+        PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)

@@ -18,7 +18,8 @@ _NOT_ELEMENTWISE = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadA
 _ADDITIVE_NAMES = ("cls_token", "class_embedding", "position_embeddings", "mask_token", "pos_embed", "dist_token",
                    "distillation_token", "register_tokens", "relative_position_bias_table")
 _SCALE_NAMES = ("layer_scale", "lambda", "ls1", "ls2")
-_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"),
+              ("projection_query", "projection_key", "projection_value"))
 # Children of a residual block that form its skip connection rather than a branch.
 _SHORTCUT_NAMES = ("shortcut", "downsample", "skip")
 
@@ -76,9 +77,19 @@ def is_max_pool(module: nn.Module) -> bool:
 def uses_attention_interface(module: nn.Module) -> bool:
     """Attention modules that dispatch through transformers' AttentionInterface (ViT, DeiT, ... in 5.x)."""
     config = getattr(module, "config", None)
-    return config is not None and hasattr(config, "_attn_implementation") and any(
-        all(isinstance(getattr(module, n, None), nn.Linear) for n in names) for names in _QKV_NAMES
-    )
+    return config is not None and hasattr(config, "_attn_implementation") and has_qkv(module)
+
+
+def has_qkv(module: nn.Module) -> bool:
+    """Whether ``module`` holds Linear query, key and value projections (``q_proj``/``k_proj``/``v_proj``, ...)."""
+    return any(all(isinstance(getattr(module, n, None), nn.Linear) for n in names) for names in _QKV_NAMES)
+
+
+def is_attention_dropout(module: nn.Module, parent: Optional[nn.Module]) -> bool:
+    """The dropout an attention module computing its softmax inline applies to the probabilities (``self.dropout``
+    of CvT, Donut-Swin, PVT, Perceiver, ...): the one place their probabilities pass through a module."""
+    return (isinstance(module, nn.Dropout) and parent is not None and has_qkv(parent)
+            and not uses_attention_interface(parent) and getattr(parent, "dropout", None) is module)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ since PX needs only the gate ``phi(z) / z`` each applied on the real data."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ class ActivationRule(Rule):
         self._slope0: dict[nn.Module, float] = {}
 
     @staticmethod
-    def matches(module: nn.Module) -> bool:
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_activation(module)
 
     def setup(self, module: nn.Module) -> list:

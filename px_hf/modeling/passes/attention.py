@@ -1,7 +1,10 @@
-"""Attention through transformers' ``AttentionInterface``: real probabilities, recorded ones, or uniform.
+"""Attention: real probabilities in the real pass, the recorded ones in the data pass, uniform ones in the path
+pass.
 
-The function is registered under :data:`ATTENTION_IMPLEMENTATION` only while some :class:`LinearizedPasses` is
-active (see :func:`routed_attention`): importing px_hf changes nothing in transformers.
+Attention that dispatches through transformers' ``AttentionInterface`` goes through :func:`attention`, registered
+under :data:`ATTENTION_IMPLEMENTATION` only while some :class:`LinearizedPasses` is active (see
+:func:`routed_attention`): importing px_hf changes nothing in transformers. Attention that computes its softmax
+inline is caught where its probabilities pass through its dropout module (:class:`InlineAttentionRule`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
+from torch import nn
+
+from ..structure import is_attention_dropout
+from .base import Rule
 
 if TYPE_CHECKING:
     from .engine import LinearizedPasses
@@ -64,3 +71,20 @@ def attention(passes: "LinearizedPasses", module, query, key, value, attention_m
         if passes.mode == "real":
             passes.keep(module, probs.detach())
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class InlineAttentionRule(Rule):
+    """The dropout on an inline softmax's probabilities (an identity in eval mode). Real: record the probabilities.
+    Data: the recorded ones instead of the data pass's own. Path, synflow: uniform, ``1/N`` over the keys."""
+
+    @staticmethod
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
+        return is_attention_dropout(module, parent)
+
+    def apply(self, passes, module, z, out):
+        if passes.mode == "real":
+            passes.keep(module, z.detach())
+            return None
+        if passes.mode == "data":
+            return passes.take(module).to(z.dtype)
+        return torch.full_like(z, 1.0 / z.shape[-1])

@@ -22,7 +22,8 @@ class Rule:
     """How one kind of module behaves in PX's passes."""
 
     @staticmethod
-    def matches(module: nn.Module) -> bool:
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
+        """Whether the rule claims ``module`` (``parent``: the module that holds it, ``None`` for the root)."""
         raise NotImplementedError
 
     def setup(self, module: nn.Module) -> list[RemovableHandle]:

@@ -41,8 +41,9 @@ class LinearizedPasses:
         self.activation = activation
         self.rules: dict[nn.Module, Rule] = {}
         instances: dict[type, Rule] = {}
+        parents = {child: module for module in model.modules() for child in module.children()}
         for module in model.modules():
-            kind = next((cls for cls in RULES if cls.matches(module)), None)
+            kind = next((cls for cls in RULES if cls.matches(module, parents.get(module))), None)
             if kind is not None:
                 if kind not in instances:
                     instances[kind] = kind()

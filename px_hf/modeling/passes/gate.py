@@ -8,7 +8,7 @@ homogeneous of degree one in its input, as every other block of the path network
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ class GateRule(Rule):
         self._checked: set[nn.Module] = set()
 
     @staticmethod
-    def matches(module: nn.Module) -> bool:
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return gate_activation(module) is not None
 
     def setup(self, module: nn.Module) -> list:

@@ -30,7 +30,7 @@ class NormRule(Rule):
         self.counts: dict[nn.Module, torch.Tensor] = {}
 
     @staticmethod
-    def matches(module: nn.Module) -> bool:
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_norm(module)
 
     def replaces_output(self, passes, module) -> bool:

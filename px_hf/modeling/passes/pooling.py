@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -14,7 +16,7 @@ class MaxPoolRule(Rule):
     (positively homogeneous, so block rescaling stays a common factor)."""
 
     @staticmethod
-    def matches(module: nn.Module) -> bool:
+    def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_max_pool(module)
 
     def replaces_output(self, passes, module) -> bool:

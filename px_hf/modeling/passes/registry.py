@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .activation import ActivationRule
+from .attention import InlineAttentionRule
 from .base import Rule
 from .gate import GateRule
 from .normalization import NormRule
@@ -10,4 +11,4 @@ from .pooling import MaxPoolRule
 
 # Each LinearizedPasses makes its own instances: rules keep per-module state (a normalization's statistics, an
 # activation's slope at zero) for one set of passes.
-RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule, GateRule)
+RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule, GateRule, InlineAttentionRule)
