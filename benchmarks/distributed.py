@@ -24,7 +24,7 @@ WORKER = """
 import json, sys, time
 import torch
 from px_hf import PXConfig, PXPruner
-from px_hf.cli import shutdown_distributed
+from px_hf.distributed import shutdown_distributed
 from px_hf.digits import load_digits
 from px_hf.distributed import process_state
 from px_hf.zoo import small_model
@@ -37,7 +37,7 @@ pruner = PXPruner(model, PXConfig(sparsity=0.9, scorer=scorer, rounds=rounds, ex
 pruner.prune(load_digits(), progress=False)
 if state.is_main_process:
     print("RESULT " + json.dumps({"history": pruner.history, "params": pruner.summary().params,
-                                   "sha": pruner.masks_sha256}), flush=True)
+                                   "sha": pruner.mask_digest}), flush=True)
 del pruner
 shutdown_distributed()
 """

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import PXConfig
 from .errors import ConfigError, DataError, HubError, ModelError, OutputDirError, PrunedModelError, PXError
+from .scoring.registry import register_scorer, scorer_info
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PXPruner": "pruner",
     "PruningSummary": "summary",
+    "ScoringContext": "scoring.base",
     "apply_masks": "masks",
     "density_schedule": "masks",
     "select_masks": "masks",
@@ -28,6 +30,7 @@ _LAZY = {
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
     from .masks import apply_masks, density_schedule, select_masks, shuffle_masks, top_k_mask
     from .pruner import PXPruner
+    from .scoring.base import ScoringContext
     from .summary import PruningSummary
 
 
@@ -45,6 +48,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PXPruner", "PXConfig", "PruningSummary", "PXError", "ConfigError", "DataError", "ModelError",
-    "OutputDirError", "PrunedModelError", "HubError",
+    "OutputDirError", "PrunedModelError", "HubError", "register_scorer", "scorer_info", "ScoringContext",
     "apply_masks", "density_schedule", "select_masks", "shuffle_masks", "top_k_mask", "__version__",
 ]

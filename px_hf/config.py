@@ -11,16 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
+from .scoring.registry import scorer_info
 
-SCORERS = ("px", "random", "magnitude", "snip", "grasp", "synflow")
-# Scorers whose published form prunes in many small rounds; the others are one-shot by definition.
-ITERATIVE_SCORERS = ("px", "synflow")
-DEFAULT_ITERATIVE_ROUNDS = 100
 # px_branch_share values that follow the network's own branch shares instead of a fixed one.
 BRANCH_SHARE_RULES = ("initial", "floored")
 
 _CHOICES = {
-    "scorer": SCORERS,
     "schedule": ("exponential", "linear"),
     "scope": ("global", "layer"),
     "px_norm": ("gated", "running"),
@@ -51,9 +47,10 @@ class PXConfig:
 
     Args:
         sparsity: fraction of the prunable weights to remove, in [0, 1). Density is ``1 - sparsity``.
-        scorer: ``"px"`` or a baseline: ``"random"``, ``"magnitude"``, ``"snip"``, ``"grasp"``, ``"synflow"``.
+        scorer: ``"px"``, a baseline (``"random"``, ``"magnitude"``, ``"snip"``, ``"grasp"``, ``"synflow"``), or
+            a scorer registered with :func:`px_hf.register_scorer`.
         rounds: number of pruning rounds. ``None`` means the scorer's published setting: 100 for the
-            iterative scorers (PX, SynFlow), 1 for the one-shot ones.
+            iterative scorers (PX, SynFlow), 1 for the one-shot ones (:attr:`ScorerInfo.default_rounds`).
         schedule: how the density falls over the rounds: ``"exponential"`` (round r keeps
             ``density ** ((r + 1) / rounds)``, as published) or ``"linear"``.
         scope: ``"global"`` (one threshold over all layers) or ``"layer"`` (every layer keeps the same fraction).
@@ -117,6 +114,7 @@ class PXConfig:
                 "for 98% sparsity pass 0.98"
             )
         self.sparsity = float(self.sparsity)
+        scorer_info(self.scorer)  # a ConfigError naming the registered scorers if unknown
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -153,9 +151,7 @@ class PXConfig:
     @property
     def num_rounds(self) -> int:
         """Rounds actually run: ``rounds`` or the scorer's published default."""
-        if self.rounds is not None:
-            return self.rounds
-        return DEFAULT_ITERATIVE_ROUNDS if self.scorer in ITERATIVE_SCORERS else 1
+        return self.rounds if self.rounds is not None else scorer_info(self.scorer).default_rounds
 
     @classmethod
     def published(cls, **overrides: Any) -> "PXConfig":
@@ -187,28 +183,35 @@ class PXConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def save_pretrained(self, directory: str) -> None:
-        """Write the config alone to ``directory/pruning_config.json``."""
+        """Write the config alone to ``directory/px_config.json`` (a pruned model's ``pruning_config.json``
+        holds it too, in its record)."""
         from . import __version__
-        from .hub.files import PRUNING_CONFIG_FILE
+        from .hub.format import CONFIG_ONLY_FILE
 
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
+        with open(os.path.join(directory, CONFIG_ONLY_FILE), "w") as handle:
             json.dump({"px_hf_version": __version__, "config": self.to_dict()}, handle, indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: Optional[str] = None,
                         token: Optional[str] = None) -> "PXConfig":
-        """Read the config from a directory or Hub repo holding a ``pruning_config.json`` (a pruned model's or
-        one written by :meth:`save_pretrained`)."""
-        from .hub.files import PRUNING_CONFIG_FILE
+        """Read the config from a directory or Hub repo: a ``px_config.json`` written by :meth:`save_pretrained`,
+        else a pruned model's ``pruning_config.json``."""
+        from .hub.format import CONFIG_ONLY_FILE, PRUNING_CONFIG_FILE
 
-        path = os.path.join(name_or_path, PRUNING_CONFIG_FILE)
-        if not os.path.isdir(name_or_path):
+        if os.path.isdir(name_or_path):
+            candidates = [os.path.join(name_or_path, n) for n in (CONFIG_ONLY_FILE, PRUNING_CONFIG_FILE)]
+            path = next((c for c in candidates if os.path.isfile(c)), None)
+        else:
             from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
 
-            path = hf_hub_download(name_or_path, PRUNING_CONFIG_FILE, revision=revision, token=token)
-        if not os.path.isfile(path):
-            raise ConfigError(f"{name_or_path} has no {PRUNING_CONFIG_FILE}")
+            try:
+                path = hf_hub_download(name_or_path, CONFIG_ONLY_FILE, revision=revision, token=token)
+            except EntryNotFoundError:
+                path = hf_hub_download(name_or_path, PRUNING_CONFIG_FILE, revision=revision, token=token)
+        if path is None:
+            raise ConfigError(f"{name_or_path} has neither {CONFIG_ONLY_FILE} nor {PRUNING_CONFIG_FILE}")
         try:
             with open(path) as handle:
                 data = json.load(handle)

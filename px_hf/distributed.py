@@ -75,3 +75,13 @@ class ProcessContext:
                 raise RuntimeError(f"the processes computed different masks (sha256 per rank: {digests}); "
                                    "scores must be identical on every rank")
         return digest
+
+
+def shutdown_distributed() -> None:
+    """Tear down torch.distributed after a launched run. Collecting the model's memory before destroying the
+    process group avoids an abort at interpreter exit seen in about 1 of 7 two-process runs."""
+    import gc
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
-import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import PXConfig
 from .data import PruningSet, build_pruning_set
 from .distributed import ProcessContext
 from .errors import ConfigError, DataError, ModelError
-from .masks import apply_masks, density_schedule, select_masks, shuffle_masks
-from .modeling.io import floating_weights, forward
-from .modeling.passes import LinearizedPasses
-from .modeling.structure import parameter_roles
-from .scoring import DATA_SCORERS, LABEL_SCORERS, SCORERS, ScoringContext
+from .masks import apply_masks
+from .rounds import RoundCallback, run_rounds
+from .scoring import scorer_info
 from .summary import PruningSummary
 from .targets import resolve_prunable
 
+if TYPE_CHECKING:
+    from .hub.format import PruningRecord
+
 logger = logging.getLogger(__name__)
 
-RoundCallback = Callable[[int, float, dict[str, torch.Tensor]], None]
+
+
+# PruningRecord fields that are not recomputed from the masks and config when a record is written.
+_CARRIED = ("base_model", "pruning_set", "previous_pruning", "finetuning", "dense_parameters", "extra")
 
 
 class PXPruner:
@@ -54,11 +56,14 @@ class PXPruner:
         self.masks_config: Optional[PXConfig] = None
         self.scores: dict[str, torch.Tensor] = {}
         self.pruning_set: Optional[PruningSet] = None
-        self._saved_record: dict[str, Any] = {}
+        # Record fields carried over from a loaded model, an earlier pruning or annotate() (PruningRecord names).
+        self._carried: dict[str, Any] = {}
         # Per round: density, seconds (all of it, and the scorer's share: its passes), bytes all-reduced by this
         # process.
         self.history: list[dict[str, float]] = []
-        self.masks_sha256: Optional[str] = None
+        # px_hf.masks.mask_digest of self.masks (names, shapes and bits; not the mask file's sha256, which the
+        # record holds as mask_file_sha256).
+        self.mask_digest: Optional[str] = None
 
     @property
     def config(self) -> PXConfig:
@@ -82,19 +87,23 @@ class PXPruner:
         When it holds a pruned model (a ``pruning_config.json``), the model and its masks are restored exactly:
         the mask file's hash is verified, the weights must be zero wherever the masks prune, and the record must
         agree with the masks; ``config`` (for a further :meth:`prune`) defaults to the saved one. Otherwise the
-        model is loaded with transformers' ``AutoModelForImageClassification``, ready to prune with ``config``.
+        model is loaded with transformers' ``AutoModelForImageClassification``, ready to prune with ``config``
+        (default: a ``px_config.json`` saved next to it by :meth:`PXConfig.save_pretrained`, else ``PXConfig()``).
 
         Args:
             model: a module to load the saved weights into (needed for models that are not transformers models).
             revision, token: Hub revision and token.
             model_kwargs: passed to transformers' ``from_pretrained``.
         """
-        from .hub.load import load_pruned, read_record
+        from .hub.format import CONFIG_ONLY_FILE, PruningRecord
+        from .hub.load import load_pruned
         from .hub.remote import local_directory
 
         directory = local_directory(name_or_path, revision=revision, token=token)
-        record = read_record(directory) if directory is not None else None
+        record = PruningRecord.read(directory) if directory is not None else None
         if record is None:
+            if config is None and directory is not None and os.path.isfile(os.path.join(directory, CONFIG_ONLY_FILE)):
+                config = PXConfig.from_pretrained(directory)  # a config saved next to the model, to prune with
             if model is not None:
                 raise ModelError(f"{name_or_path} holds no pruned model (no pruning_config.json)")
             if directory is not None and not os.path.isfile(os.path.join(directory, "config.json")):
@@ -105,44 +114,14 @@ class PXPruner:
             model = AutoModelForImageClassification.from_pretrained(
                 name_or_path, revision=revision, token=token, **model_kwargs)
             return cls(model, config)
-        model, masks = load_pruned(directory, record, model=model, **model_kwargs)
-        saved_config = PXConfig.from_dict(record["config"])
+        model, masks, record = load_pruned(directory, record, model=model, **model_kwargs)
+        saved_config = PXConfig.from_dict(record.config)
         pruner = cls(model, config if config is not None else saved_config)
         pruner.masks, pruner.masks_config = masks, saved_config
-        pruner._saved_record = record
+        pruner._carried = {k: getattr(record, k) for k in _CARRIED}
         return pruner
 
     # --------------------------------------------------------------------------------------------- pruning
-    def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
-        param = dict(self.model.named_parameters())[self.prunable[0]]
-        return param.device, param.dtype
-
-    def _check_fit(self, pruning_set: PruningSet) -> None:
-        """Run the model once on two examples; bad shapes, and labels outside the head, become a DataError."""
-        device, dtype = self._device_and_dtype()
-        sample = pruning_set.inputs[:2].to(device=device, dtype=dtype)
-        try:
-            with torch.no_grad():
-                out = forward(self.model, sample)
-        except Exception as err:  # any failure here means the inputs do not fit this model
-            expected = ""
-            cfg = getattr(self.model, "config", None)
-            if cfg is not None and hasattr(cfg, "image_size"):
-                expected = (f" (it expects {getattr(cfg, 'num_channels', '?')} channel(s) of "
-                            f"{cfg.image_size}x{cfg.image_size} pixels)")
-            raise DataError(
-                f"inputs of shape {tuple(pruning_set.inputs.shape[1:])} per example do not fit "
-                f"{type(self.model).__name__}{expected}: {type(err).__name__}: {err}"
-            ) from err
-        outputs = out.flatten(1).shape[1]
-        if self.config.scorer in LABEL_SCORERS:
-            if pruning_set.labels is None:
-                raise DataError(f"scorer {self.config.scorer!r} needs labels; pass (inputs, labels)")
-            top = int(pruning_set.labels.max())
-            if top >= outputs or int(pruning_set.labels.min()) < 0:
-                raise DataError(f"labels must be in [0, {outputs}) for a model with {outputs} outputs; got "
-                                f"labels up to {top}")
-
     def prune(
         self,
         data: Any = None,
@@ -156,6 +135,9 @@ class PXPruner:
         source: Optional[str] = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the masks and zero the pruned weights of ``self.model`` in place.
+
+        The model is moved to the device Accelerate picks for this process (``config.cpu=True``: the CPU) and
+        stays there: move it back yourself if you need it elsewhere.
 
         An already pruned model (loaded with :meth:`from_pretrained`, or pruned before) is pruned further from its
         masks: a pruned weight stays pruned, the density falls from the current one to ``config.density``, and the
@@ -177,7 +159,7 @@ class PXPruner:
         """
         config = self.config
         if data is None:
-            if config.scorer in DATA_SCORERS or config.scorer == "synflow":
+            if scorer_info(config.scorer).needs_data:
                 raise DataError(f"scorer {config.scorer!r} needs pruning data; pass (inputs, labels)")
             pruning_set = None
         else:
@@ -186,15 +168,18 @@ class PXPruner:
             if source is not None:
                 pruning_set.source = source
         process = ProcessContext(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        if any(p.device != process.device for p in self.model.parameters()):
+            logger.info("moving %s to %s to score it", type(self.model).__name__, process.device)
         self.model.to(process.device)
         params = dict(self.model.named_parameters())
         masks, start = self._starting_masks(params)
-        with floating_weights(self.model, torch.float32):
-            masks = self._run_rounds(pruning_set, masks, start, params, process, callback, progress)
+        outcome = run_rounds(self.model, self.prunable, masks, start, pruning_set, self.config, process, callback,
+                             progress)
+        masks, self.scores, self.history = outcome.masks, outcome.scores, outcome.history
         if self.masks:
             self._move_to_history()
         self.pruning_set, self.masks, self.masks_config = pruning_set, masks, config
-        self.masks_sha256 = process.check_identical(self.masks)
+        self.mask_digest = process.check_identical(self.masks)
         return self.masks
 
     def _starting_masks(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
@@ -223,95 +208,9 @@ class PXPruner:
     def _move_to_history(self) -> None:
         """Keep what the current masks record under ``previous_pruning`` before they are pruned further."""
         record = self.pruning_record()
-        entry = {k: record[k] for k in ("config", "achieved_density", "kept_params", "pruning_set", "finetuning",
-                                        "dense_parameters") if record.get(k) is not None}
-        self._saved_record = {"base_model": record.get("base_model"),
-                              "previous_pruning": [*(record.get("previous_pruning") or []), entry]}
-
-    def _run_rounds(self, pruning_set, masks, start, params, process, callback, progress) -> dict[str, torch.Tensor]:
-        config = self.config
-        device, dtype = self._device_and_dtype()
-        initial = ({n: params[n].detach().clone() for n in self.prunable}
-                   if config.sanity_check == "shuffle" else None)
-        generator = torch.Generator().manual_seed(config.seed)
-        batches = [] if pruning_set is None else [
-            (x.to(dtype=dtype), y)
-            for x, y in pruning_set.batches(config.batch_size, device, process.rank, process.world_size)
-        ]
-        scorer = SCORERS[config.scorer]
-        schedule = density_schedule(config.density, config.num_rounds, config.schedule, start)
-        # px_norm is PX's choice; the gradient baselines score the network as it trains, BatchNorm on batch
-        # statistics (with running statistics at initialization a deep ResNet's logits overflow GraSP's Hessian).
-        norm = config.px_norm if config.scorer == "px" else "gated"
-        passes = LinearizedPasses(self.model, norm=norm, activation=config.px_activation,
-                                  rescale_blocks=config.px_rescale_blocks,
-                                  branch_share=config.px_branch_share)
-        with passes:  # eval mode from here on: no dropout, no BatchNorm buffer updates
-            if pruning_set is not None:
-                self._check_fit(pruning_set)
-            ctx = ScoringContext(
-                model=self.model, prunable=self.prunable, masks=masks, batches=batches,
-                sample_shape=tuple(pruning_set.inputs.shape[1:]) if pruning_set is not None else (),
-                passes=passes, config=config, generator=generator, roles=parameter_roles(self.model),
-                all_reduce=process.all_reduce, autocast=process.autocast,
-            )
-            self.history = []
-            bar = tqdm(schedule, desc=f"{config.scorer} pruning", unit="round",
-                       disable=not (progress and process.is_main_process))
-            widened = contextlib.ExitStack()
-            for round_index, density in enumerate(bar):
-                started, sent = time.perf_counter(), process.bytes_reduced
-                ctx.masks = masks
-                scores = None  # free the previous round's scores before computing new ones
-                try:
-                    scores = self._check_scores(scorer(ctx), round_index)
-                except FloatingPointError as err:
-                    if dtype != torch.float32:
-                        raise
-                    # Long chains of layers without residual blocks to rescale overflow float32's range in the
-                    # linear passes; float64's is 10**270 times wider. The weights are kept exactly.
-                    logger.warning("%s; scoring in float64 from round %d on (about twice as slow)", err, round_index)
-                    widened.enter_context(floating_weights(self.model, torch.float64, (torch.float32,)))
-                    dtype = torch.float64
-                    ctx.batches = [(x.to(dtype), y) for x, y in ctx.batches]
-                    ctx.cache.clear()
-                    scores = self._check_scores(scorer(ctx), round_index)
-                scored = time.perf_counter()
-                masks = select_masks(scores, masks, density, config.scope, generator)
-                apply_masks(params, masks)
-                self.history.append({"round": round_index, "density": density,
-                                     "seconds": time.perf_counter() - started, "scoring_seconds": scored - started,
-                                     "bytes_reduced": process.bytes_reduced - sent})
-                bar.set_postfix(density=f"{density:.4f}")
-                if callback is not None:
-                    callback(round_index, density, masks)
-            widened.close()
-        self.scores = {n: s.detach().to(params[n].dtype).masked_fill(~masks[n], 0.0) for n, s in scores.items()}
-        return self._sanity_check(masks, params, initial, generator)
-
-    def _check_scores(self, scores: dict[str, torch.Tensor], round_index: int) -> dict[str, torch.Tensor]:
-        """``scores``, once every one is finite."""
-        for name, score in scores.items():
-            # One reduction, no temporary: the extremes are NaN or infinite whenever any entry is.
-            if score.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(score))).all()):
-                raise FloatingPointError(
-                    f"{self.config.scorer} scores of {name} are not finite in round {round_index}; "
-                    "the model may be too deep for its dtype (keep px_rescale_blocks=True)"
-                )
-        return scores
-
-    def _sanity_check(self, masks, params, initial, generator) -> dict[str, torch.Tensor]:
-        check = self.config.sanity_check
-        if check == "shuffle":
-            masks = shuffle_masks(masks, generator)
-            with torch.no_grad():
-                for name, value in initial.items():
-                    params[name].copy_(value)
-        elif check == "reinit":
-            reinitialize(self.model, self.config.seed)
-        if check is not None:
-            apply_masks(params, masks)
-        return masks
+        entry = {k: getattr(record, k) for k in ("config", "achieved_density", "kept_params", "pruning_set",
+                                                 "finetuning", "dense_parameters") if getattr(record, k) is not None}
+        self._carried = {"base_model": record.base_model, "previous_pruning": [*record.previous_pruning, entry]}
 
     # -------------------------------------------------------------------------------------------- reporting
     def summary(self) -> PruningSummary:
@@ -320,37 +219,30 @@ class PXPruner:
             raise RuntimeError("nothing pruned yet: call prune() first")
         return PruningSummary.from_masks(self.masks)
 
-    def pruning_record(self) -> dict[str, Any]:
-        """What was done: the config, the achieved density, the pruning set, the base model and the versions."""
+    def pruning_record(self) -> "PruningRecord":
+        """What was done: the config, the achieved density, the pruning set, the base model and the versions (the
+        :class:`~px_hf.hub.format.PruningRecord` that :meth:`save_pretrained` writes)."""
         import transformers
 
         from . import __version__
+        from .hub.format import PruningRecord
 
         summary = self.summary()
-        model_config = getattr(self.model, "config", None)
         config = self.masks_config or self.config
-        record = dict(self._saved_record)  # a loaded model keeps what was recorded when it was pruned
-        record.update({
-            "px_hf_version": __version__,
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-            "config": config.to_dict(),
-            "scorer": config.scorer,
-            "schedule": config.schedule,
-            "scope": config.scope,
-            "rounds": config.num_rounds,
-            "target_density": round(config.density, 12),
-            "achieved_density": summary.density,
-            "prunable_params": summary.params,
-            "kept_params": summary.kept,
-            "architecture": type(self.model).__name__,
-        })
-        record.setdefault("base_model", {
-            "name": getattr(model_config, "_name_or_path", None) or None,
-            "revision": getattr(model_config, "_commit_hash", None),
-        })
+        carried = dict(self._carried)  # a loaded model keeps what was recorded when it was pruned
+        record = PruningRecord(
+            config=config.to_dict(), architecture=type(self.model).__name__, rounds_run=config.num_rounds,
+            target_density=round(config.density, 12), achieved_density=summary.density,
+            prunable_params=summary.params, kept_params=summary.kept, px_hf_version=__version__,
+            torch_version=torch.__version__, transformers_version=transformers.__version__,
+            **{k: v for k, v in carried.items() if v is not None},
+        )
+        if record.base_model is None:
+            model_config = getattr(self.model, "config", None)
+            record.base_model = {"name": getattr(model_config, "_name_or_path", None) or None,
+                                 "revision": getattr(model_config, "_commit_hash", None)}
         if self.pruning_set is not None:
-            record["pruning_set"] = {
+            record.pruning_set = {
                 "source": self.pruning_set.source,
                 "split": self.pruning_set.split,
                 "examples": len(self.pruning_set),
@@ -358,13 +250,23 @@ class PXPruner:
                 "seed": config.seed,
                 "indices_sha256": self.pruning_set.indices_sha256,
             }
-        record.setdefault("pruning_set", None)
         return record
 
     def annotate(self, **fields: Any) -> None:
-        """Add fields to the record that :meth:`save_pretrained` and :meth:`push_to_hub` write (e.g. the results
-        of fine-tuning); they survive loading and saving again."""
-        self._saved_record.update(fields)
+        """Add fields to the record that :meth:`save_pretrained` and :meth:`push_to_hub` write (e.g.
+        ``finetuning={...}`` with the results of fine-tuning, or fields of your own); they survive loading and
+        saving again. Fields px_hf computes (``config``, densities, ...) cannot be set."""
+        from .hub.format import PruningRecord
+
+        computed = {f.name for f in dataclasses.fields(PruningRecord)} - set(_CARRIED)
+        fixed = sorted(set(fields) & computed)
+        if fixed:
+            raise ConfigError(f"annotate cannot set {', '.join(fixed)}: px_hf computes them from the masks and config")
+        for key, value in fields.items():
+            if key in _CARRIED:
+                self._carried[key] = value
+            else:
+                self._carried["extra"] = {**(self._carried.get("extra") or {}), key: value}
 
     def save_pretrained(self, directory: str, compact: bool = False, overwrite: bool = True) -> None:
         """Save the pruned model to ``directory``.
@@ -404,15 +306,3 @@ class PXPruner:
     def __repr__(self) -> str:
         state = f"density={self.summary().density:.4f}" if self.masks else "not pruned"
         return f"PXPruner({type(self.model).__name__}, scorer={self.config.scorer!r}, {state})"
-
-
-def reinitialize(model: nn.Module, seed: int) -> None:
-    """Draw fresh initial weights: transformers' own initialization for its models, ``reset_parameters`` else."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        init = getattr(model, "_init_weights", None)
-        for module in model.modules():
-            if init is not None:
-                init(module)
-            elif hasattr(module, "reset_parameters") and module is not model:
-                module.reset_parameters()

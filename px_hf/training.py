@@ -4,13 +4,14 @@ them."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .errors import PrunedModelError
+from .hub.format import PruningRecord
 from .hub.load import check_architecture, load_pruned
 from .hub.save import write_pruning_files
 from .masks import apply_masks
@@ -95,9 +96,9 @@ class PXMaskCallback(TrainerCallback):
         record: the pruning record written into checkpoints (``PXPruner.pruning_record()``).
     """
 
-    def __init__(self, masks: Mapping[str, torch.Tensor], record: Optional[dict[str, Any]] = None):
+    def __init__(self, masks: Mapping[str, torch.Tensor], record: PruningRecord):
         self.masks = dict(masks)
-        self.record = dict(record or {})
+        self.record = record
         self._device_masks: dict[str, torch.Tensor] = {}
         self._hooks: list = []
 

@@ -29,7 +29,8 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from px_hf import PXConfig, PXPruner
-from px_hf.cli import shutdown_distributed
+from px_hf.distributed import shutdown_distributed
+from px_hf.cli.shared import add_config_options, config_from_args, image_transform, load_pruner
 from px_hf.errors import DataError, PXError
 from px_hf.metrics import load_metric
 from px_hf.training import PXMaskCallback, PXTrainer
@@ -64,16 +65,6 @@ class ModelArguments:
     token: Optional[str] = field(default=None, metadata={"help": "Hub token."})
     ignore_mismatched_sizes: bool = field(default=False, metadata={
         "help": "Re-initialize layers whose size differs (a new label set); the new head is trained dense."})
-
-
-@dataclass
-class PXArguments:
-    px_sparsity: Optional[float] = field(default=None, metadata={
-        "help": "Prune the model here, before training, to this sparsity (for a model not pruned yet)."})
-    px_scorer: str = field(default="px", metadata={"help": "px, random, magnitude, snip, grasp or synflow."})
-    px_rounds: Optional[int] = field(default=None, metadata={"help": "Pruning rounds (default: the scorer's)."})
-    px_examples_per_class: int = field(default=10, metadata={"help": "Pruning set size per class."})
-    px_dense: bool = field(default=False, metadata={"help": "Train without masks (the dense reference)."})
 
 
 def _digits_names(data_args: DataTrainingArguments) -> list[str]:
@@ -129,48 +120,23 @@ def _load_images(data_args: DataTrainingArguments, model_args: ModelArguments, s
     return train, validation, names
 
 
-def _image_to_tensor(model_args: ModelArguments, model):
-    """(image processor or None, one image -> pixel tensor): the model's processor when it has one, otherwise
-    a resize to the model's size scaled to [-1, 1]."""
+def _processor(model_args: ModelArguments):
+    """The model's image processor, or ``None`` when it has none (images are then resized and scaled)."""
     from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name or model_args.model_name_or_path,
-                                                       cache_dir=model_args.cache_dir, token=model_args.token)
+        return AutoImageProcessor.from_pretrained(model_args.image_processor_name or model_args.model_name_or_path,
+                                                  cache_dir=model_args.cache_dir, token=model_args.token)
     except (OSError, ValueError):
-        processor = None
-    config = model.config
-    mode = "L" if config.num_channels == 1 else "RGB"
-    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-
-    def to_tensor(image):
-        image = image.convert(mode)
-        if processor is not None:
-            return processor(images=image, return_tensors="pt")["pixel_values"][0]
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        array = array.reshape(image.size[1], image.size[0], -1).permute(2, 0, 1)[None]
-        return torch.nn.functional.interpolate(array, size=(size, size), mode="bilinear", align_corners=False)[0]
-
-    return processor, to_tensor
-
-
-def _load_model(model_args: ModelArguments, names: list[str], px_args: PXArguments) -> PXPruner:
-    from px_hf.zoo import FAMILIES, small_model
-
-    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-              "label2id": {n: i for i, n in enumerate(names)}}
-    if model_args.model_name_or_path in FAMILIES:
-        model = small_model(model_args.model_name_or_path, num_labels=len(names))
-        model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
-        return PXPruner(model)
-    return PXPruner.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, token=model_args.token,
-        cache_dir=model_args.cache_dir, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels)
+        return None
 
 
 def main(argv=None) -> int:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PXArguments, TrainingArguments))
-    model_args, data_args, px_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser.add_argument("--px_dense", action="store_true", help="Train without masks (the dense reference).")
+    # Every PXConfig field as --px_<field>; --px_sparsity prunes the model here, before training.
+    add_config_options(parser, prefix="px_", separator="_", defaults=False)
+    model_args, data_args, training_args, px_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -188,9 +154,12 @@ def run(model_args, data_args, px_args, training_args) -> int:
         names = _digits_names(data_args)
     else:
         train, validation, names = _load_images(data_args, model_args, training_args.seed)
-    pruner = _load_model(model_args, names, px_args)
+    pruner = load_pruner(model_args.model_name_or_path, labels=names, revision=model_args.model_revision,
+                         token=model_args.token, cache_dir=model_args.cache_dir,
+                         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, option="--model_name_or_path")
     model = pruner.model
-    processor, to_tensor = _image_to_tensor(model_args, model)
+    processor = _processor(model_args)
+    to_tensor = image_transform(model, processor)
     image_column, label_column = data_args.image_column_name, data_args.label_column_name
     if digits:
         train, validation = _digits(data_args, model.config.num_channels, model.config.image_size,
@@ -202,11 +171,13 @@ def run(model_args, data_args, px_args, training_args) -> int:
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
 
     requested = None
-    if px_args.px_sparsity is not None:
+    options = sorted(f"--{k}" for k in vars(px_args) if k != "px_dense")
+    if options and not hasattr(px_args, "px_sparsity"):
+        raise PXError(f"{', '.join(options)} set(s) how to prune here, which only --px_sparsity asks for; add it")
+    if hasattr(px_args, "px_sparsity"):
         if pruner.masks:
             raise PXError(f"{model_args.model_name_or_path} is already pruned; drop --px_sparsity")
-        requested = PXConfig(sparsity=px_args.px_sparsity, scorer=px_args.px_scorer, rounds=px_args.px_rounds,
-                             examples_per_class=px_args.px_examples_per_class, seed=training_args.seed)
+        requested = config_from_args(px_args, prefix="px_", base=PXConfig(seed=training_args.seed))
     checkpoint = training_args.resume_from_checkpoint if training_args.do_train else None
     if checkpoint is not None:
         pruner = _resumed(checkpoint, pruner, requested, px_args.px_dense)
@@ -258,13 +229,14 @@ def run(model_args, data_args, px_args, training_args) -> int:
 def _resumed(checkpoint: str, pruner: PXPruner, requested: Optional[PXConfig], dense: bool) -> PXPruner:
     """The pruner to resume with: the checkpoint's masks, after checking that they are the ones this run asks
     for. Pruning again at initialization would give masks that disagree with the checkpoint's weights."""
-    from px_hf.hub.load import check_architecture, read_record
+    from px_hf.hub.format import PruningRecord
+    from px_hf.hub.load import check_architecture
     from px_hf.masks import mask_digest
 
     if not os.path.isdir(checkpoint):
         raise PXError(f"--resume_from_checkpoint {checkpoint!r} is not a directory")
     check_architecture(checkpoint, pruner.model, role="this run trains a")
-    record = read_record(checkpoint)
+    record = PruningRecord.read(checkpoint)
     if record is None:
         if pruner.masks or requested is not None:
             raise PXError(f"the checkpoint {checkpoint} has no pruning_config.json: it is not from a pruned run")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from px_hf import PXConfig, PXPruner
-from px_hf.cli import shutdown_distributed
+from px_hf.distributed import shutdown_distributed
 from px_hf.digits import load_digits
 from px_hf.distributed import process_state
 from px_hf.zoo import small_model
@@ -41,7 +41,7 @@ def main() -> None:
         batches = -(-args.examples // 8)
         mine = len(range(state.process_index, batches, state.num_processes))
         line = (f"RANK {state.process_index}/{state.num_processes} batches={mine} "
-                f"bytes_per_round={pruner.history[-1]['bytes_reduced']} sha={pruner.masks_sha256}")
+                f"bytes_per_round={pruner.history[-1]['bytes_reduced']} sha={pruner.mask_digest}")
         # One file per rank: lines printed by two processes into one pipe can interleave.
         with open(os.path.join(args.out, f"rank{state.process_index}.txt"), "w") as handle:
             handle.write(line + "\n")

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from px_hf import (
-    ConfigError, DataError, OutputDirError, PrunedModelError, PXConfig, PXPruner,
+    ConfigError, DataError, PrunedModelError, PXConfig, PXPruner,
 )
 from px_hf.digits import load_digits
 from px_hf.zoo import small_model
@@ -191,7 +191,7 @@ def test_an_edited_record_that_misreports_the_masks_is_refused(saved, edit, mess
 
 def test_an_empty_record_names_what_is_missing(saved):
     (saved / "pruning_config.json").write_text("{}")
-    with pytest.raises(PrunedModelError, match="pruning_config.json lacks config, architecture, mask_sha256"):
+    with pytest.raises(PrunedModelError, match="pruning_config.json lacks config, architecture, mask_file_sha256"):
         PXPruner.from_pretrained(str(saved))
 
 

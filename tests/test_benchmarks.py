@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from px_hf.config import SCORERS
+from px_hf.scoring import scorer_names
 
 SPEED = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "speed.py")
 
@@ -19,7 +19,7 @@ def test_speed_quick_reports_every_scorer(tmp_path):
     subprocess.run([sys.executable, SPEED, "--quick", "--threads", "1", "--out", str(tmp_path)], check=True,
                    env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900, stdout=subprocess.DEVNULL)
     results = json.loads((tmp_path / "speed.json").read_text())
-    assert sorted(row["scorer"] for row in results["scorers"]) == sorted(SCORERS)
+    assert sorted(row["scorer"] for row in results["scorers"]) == sorted(scorer_names())
     assert {row["examples"] for row in results["examples"]} == {8, 16}
     assert len(results["sizes"]) == 2
     for row in results["scorers"] + results["examples"] + results["sizes"]:

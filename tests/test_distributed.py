@@ -47,7 +47,7 @@ def _compare(tmp_path, reference, stdout, expected_batches):
     reports = "".join(open(tmp_path / f"rank{rank}.txt").read() for rank in (0, 1))
     lines = sorted(re.findall(r"RANK (\d)/2 batches=(\d+) bytes_per_round=(\d+) sha=(\w+)", reports))
     assert [(r, int(b)) for r, b, _, _ in lines] == [("0", expected_batches[0]), ("1", expected_batches[1])]
-    assert {sha for *_, sha in lines} == {reference.masks_sha256}
+    assert {sha for *_, sha in lines} == {reference.mask_digest}
     for rank in (0, 1):
         saved = load_file(tmp_path / f"rank{rank}.safetensors")
         for name, mask in reference.masks.items():
@@ -92,7 +92,7 @@ def test_recipe_under_accelerate_launch_exits_cleanly_every_time(tmp_path):
                              "--output-dir", str(tmp_path / "single")], env=_env(), capture_output=True, text=True,
                             timeout=600, stdin=subprocess.DEVNULL)
     assert single.returncode == 0, single.stderr[-3000:]
-    sha = re.search(r"masks sha256: (\w+) \(identical on all 1 process", single.stdout).group(1)
+    sha = re.search(r"mask digest: (\w+) \(identical on all 1 process", single.stdout).group(1)
     for attempt in range(3):
         out = tmp_path / f"launched{attempt}"
         launched = subprocess.run(
@@ -101,7 +101,7 @@ def test_recipe_under_accelerate_launch_exits_cleanly_every_time(tmp_path):
              os.path.join(ROOT, "recipes", "prune.py"), *common, "--output-dir", str(out)],
             env=_env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert launched.returncode == 0, launched.stderr[-3000:]
-        assert f"masks sha256: {sha} (identical on all 2 process(es))" in launched.stdout
+        assert f"mask digest: {sha} (identical on all 2 process(es))" in launched.stdout
         assert launched.stdout.count("saved to") == 1  # only the main process writes
         assert "achieved density: 0.1000" in launched.stdout
         assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "single"))

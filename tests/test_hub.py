@@ -34,7 +34,7 @@ CLIENT = textwrap.dedent(
     a, b = pruner.model.state_dict(), restored.model.state_dict()
     out["bit_exact"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     out["masks_equal"] = all(torch.equal(pruner.masks[n], restored.masks[n]) for n in pruner.masks)
-    out["pruning_set_source"] = restored.pruning_record()["pruning_set"]["source"]
+    out["pruning_set_source"] = restored.pruning_record().pruning_set["source"]
     plain = AutoModelForImageClassification.from_pretrained("px-tests/vit-px", token="secret")
     params = dict(plain.named_parameters())
     out["plain_zeros"] = all(int(torch.count_nonzero(params[n][~m])) == 0 for n, m in pruner.masks.items())
@@ -44,7 +44,7 @@ CLIENT = textwrap.dedent(
     compact = PXPruner.from_pretrained("px-tests/vit-px", token="secret")
     out["compact_bit_exact"] = all(torch.equal(a[k], compact.model.state_dict()[k]) for k in a)
     pinned = PXPruner.from_pretrained("px-tests/vit-px", token="secret", revision=out["commit"])
-    out["pinned_format"] = pinned.pruning_record()["weights_format"]
+    out["pinned_format"] = pinned.pruning_record().weights_format
 
     config = PXConfig(sparsity=0.95, scorer="snip")
     config.push_to_hub("px-tests/config-only", token="secret")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from px_hf import PXConfig, PXPruner
-from px_hf.config import ITERATIVE_SCORERS, SCORERS
+from px_hf.scoring import scorer_info, scorer_names
 from px_hf.errors import ModelError
 from px_hf.modeling.passes import LinearizedPasses, check_data_pass_linear, pass_parameters
 from px_hf.modeling.structure import parameter_roles
@@ -75,7 +75,7 @@ def _data(shape, seed=0):
 
 def _prune(model_type, scorer):
     model, shape = tiny_model(model_type)
-    rounds = ROUNDS if scorer in ITERATIVE_SCORERS else 1
+    rounds = ROUNDS if scorer_info(scorer).default_rounds > 1 else 1
     pruner = PXPruner(model, PXConfig(sparsity=SPARSITY, scorer=scorer, rounds=rounds, examples_per_class=None))
     pruner.prune(_data(shape), progress=False)
     return pruner
@@ -85,7 +85,7 @@ def _prune(model_type, scorer):
 @pytest.mark.parametrize("model_type", _cases(FAILS_TO_SCORE))
 def test_every_scorer_runs(model_type):
     """PX where its data pass is linear (see the next tests), every baseline everywhere."""
-    for scorer in SCORERS:
+    for scorer in scorer_names():
         if scorer == "px" and model_type in NOT_LINEAR:
             continue
         pruner = _prune(model_type, scorer)

@@ -3,7 +3,6 @@ clear failures for every kind of damaged or mismatched directory."""
 
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 from torch import nn
 
-from px_hf import PXConfig, PXPruner
-from px_hf import PrunedModelError
-from px_hf.hub.mask_file import file_sha256, pack_bits, save_masks
+from px_hf import ConfigError, PXConfig, PXPruner, PrunedModelError
+from px_hf.hub.mask_file import file_sha256, save_masks
 from px_hf.zoo import small_model
 
 
@@ -67,10 +65,10 @@ def test_saved_files_and_record(digits, tmp_path):
             "density_per_layer.png"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]  # no pickle anywhere
     record = json.load(open(tmp_path / "m" / "pruning_config.json"))
-    assert record["scorer"] == "px" and record["rounds"] == 3 and record["schedule"] == "exponential"
+    assert record["config"]["scorer"] == "px" and record["rounds_run"] == 3 and record["config"]["schedule"] == "exponential"
     assert record["target_density"] == pytest.approx(0.1) and record["achieved_density"] == pytest.approx(0.1, abs=1e-5)
     assert record["pruning_set"]["examples_per_class"] == 3 and len(record["pruning_set"]["indices_sha256"]) == 64
-    assert record["mask_sha256"] == file_sha256(tmp_path / "m" / "px_masks.safetensors")
+    assert record["mask_file_sha256"] == file_sha256(tmp_path / "m" / "px_masks.safetensors")
     for key in ("px_hf_version", "torch_version", "transformers_version", "base_model", "architecture"):
         assert key in record
     # Masks take one bit per weight.
@@ -89,7 +87,7 @@ def test_reloaded_model_saves_again_with_its_history(digits, tmp_path):
     first = json.load(open(tmp_path / "a" / "pruning_config.json"))
     second = json.load(open(tmp_path / "b" / "pruning_config.json"))
     assert first["pruning_set"] == second["pruning_set"]
-    assert first["mask_sha256"] == second["mask_sha256"]
+    assert first["mask_file_sha256"] == second["mask_file_sha256"]
 
 
 def test_generic_module_round_trip(digits, tmp_path):
@@ -112,11 +110,33 @@ def test_config_alone_round_trip_and_newer_keys(tmp_path):
     config = PXConfig(sparsity=0.95, scorer="synflow", include=["mlp"], px_norm="running")
     config.save_pretrained(tmp_path / "c")
     assert PXConfig.from_pretrained(str(tmp_path / "c")) == config
-    data = json.load(open(tmp_path / "c" / "pruning_config.json"))
+    data = json.load(open(tmp_path / "c" / "px_config.json"))
     data["config"]["future_option"] = 3
-    json.dump(data, open(tmp_path / "c" / "pruning_config.json", "w"))
+    json.dump(data, open(tmp_path / "c" / "px_config.json", "w"))
     with pytest.warns(UserWarning, match="future_option"):
         assert PXConfig.from_pretrained(str(tmp_path / "c")) == config
+
+
+def test_a_config_saved_next_to_a_model_is_the_one_it_prunes_with(tmp_path):
+    # The config-only file has its own name, so it does not make the directory look like a pruned model.
+    small_model("resnet").save_pretrained(tmp_path / "m")
+    config = PXConfig(sparsity=0.9, scorer="magnitude")
+    config.save_pretrained(tmp_path / "m")
+    pruner = PXPruner.from_pretrained(str(tmp_path / "m"))
+    assert pruner.config == config and not pruner.masks
+    assert PXPruner.from_pretrained(str(tmp_path / "m"), PXConfig(sparsity=0.5)).config.sparsity == 0.5
+
+
+def test_a_record_keeps_each_fact_once_and_fields_it_does_not_know(saved):
+    _, saved = saved
+    record = json.load(open(saved / "pruning_config.json"))
+    assert record["format_version"] == 1
+    assert not {"scorer", "schedule", "scope", "rounds", "mask_sha256"} & set(record)  # only inside config
+    _rewrite_record(saved, written_by_a_newer_px_hf={"x": 1})
+    restored = PXPruner.from_pretrained(str(saved))
+    assert restored.pruning_record().extra == {"written_by_a_newer_px_hf": {"x": 1}}
+    with pytest.raises(ConfigError, match="annotate cannot set config"):
+        restored.annotate(config={})
 
 
 # ------------------------------------------------------------------------------------------------ failures
@@ -151,7 +171,7 @@ def test_corrupt_mask_file(saved):
     _, directory = saved
     path = directory / "px_masks.safetensors"
     _truncate(path, keep=0.5)
-    _rewrite_record(directory, mask_sha256=file_sha256(path))  # the hash alone would catch it; check the parser
+    _rewrite_record(directory, mask_file_sha256=file_sha256(path))  # the hash alone would catch it; check the parser
     with pytest.raises(PrunedModelError, match="px_masks.safetensors is corrupt or truncated"):
         PXPruner.from_pretrained(str(directory))
 
@@ -188,7 +208,7 @@ def test_mask_shape_does_not_fit_the_model(saved):
     masks = dict(pruner.masks)
     masks["classifier.weight"] = torch.ones(5, 64, dtype=torch.bool)
     digest = save_masks(masks, str(directory / "px_masks.safetensors"))
-    _rewrite_record(directory, mask_sha256=digest)
+    _rewrite_record(directory, mask_file_sha256=digest)
     with pytest.raises(PrunedModelError, match=r"classifier.weight has shape \(5, 64\) but .* shape \(10, 64\)"):
         PXPruner.from_pretrained(str(directory))
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from px_hf import PXConfig, PXPruner
-from px_hf.scoring import NONNEGATIVE_SCORERS, SCORERS
+from px_hf import ConfigError, PXConfig, PXPruner
+from px_hf.scoring import scorer_info, scorer_names
 from px_hf.zoo import small_model
 
 ROUNDS = {"px": 4, "synflow": 4}
@@ -19,7 +19,7 @@ def _prune(model, digits, scorer, sparsity=0.9, seed=0, callback=None, **config)
     return pruner
 
 
-@pytest.mark.parametrize("scorer", sorted(SCORERS))
+@pytest.mark.parametrize("scorer", scorer_names())
 def test_scorer_contract(model, digits, scorer):
     params = dict(model.named_parameters())
     history = []
@@ -40,7 +40,7 @@ def test_scorer_contract(model, digits, scorer):
     assert pruner.summary().density == pytest.approx(0.1, abs=1 / total)
     for name, score in pruner.scores.items():
         assert torch.isfinite(score).all()
-        if scorer in NONNEGATIVE_SCORERS:
+        if scorer_info(scorer).nonnegative:
             assert (score >= 0).all(), name
         assert torch.all(params[name][~pruner.masks[name]] == 0)
         # Pruned weights report score 0; sign bits too: a pruned weight is +0.0, not -0.0.
@@ -48,7 +48,7 @@ def test_scorer_contract(model, digits, scorer):
     assert set(pruner.masks) == set(pruner.prunable)
 
 
-@pytest.mark.parametrize("scorer", sorted(SCORERS))
+@pytest.mark.parametrize("scorer", scorer_names())
 def test_same_seed_same_masks(family, digits, scorer):
     first = _prune(small_model(family, seed=0), digits, scorer, seed=5).masks
     second = _prune(small_model(family, seed=0), digits, scorer, seed=5).masks
@@ -160,3 +160,32 @@ def test_px_falls_back_to_float64_when_float32_overflows(caplog):
         mask = pruner.masks.get(name, torch.ones_like(param, dtype=torch.bool))
         assert torch.equal(param[mask], before[name][mask]) and not param[~mask].any()
     assert all(torch.isfinite(s).all() and s.dtype == torch.float32 for s in pruner.scores.values())
+
+
+def _largest_first_layer(ctx):
+    """A user's scorer: magnitude, doubled in the first prunable layer."""
+    params = ctx.parameters()
+    first = ctx.prunable[0]
+    return {n: p.detach().abs() * (2.0 if n == first else 1.0) for n, p in params.items()}
+
+
+def test_a_registered_scorer_prunes_and_is_recorded(digits):
+    import px_hf
+    from px_hf.scoring import registry
+
+    px_hf.register_scorer("first_heavy", _largest_first_layer, needs_data=False, uses_passes=False)
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            px_hf.register_scorer("first_heavy", _largest_first_layer)
+        pruner = PXPruner(small_model("resnet"), PXConfig(sparsity=0.9, scorer="first_heavy"))
+        masks = pruner.prune(progress=False)  # needs_data=False: no data asked for
+        assert pruner.pruning_record().config["scorer"] == "first_heavy"
+        assert len(pruner.history) == 1  # default_rounds
+        magnitude = PXPruner(small_model("resnet"), PXConfig(sparsity=0.9, scorer="magnitude"))
+        reference = magnitude.prune(progress=False)
+        first = pruner.prunable[0]
+        assert masks[first].sum() > reference[first].sum()  # the doubled layer keeps more
+    finally:
+        registry._REGISTRY.pop("first_heavy", None)
+    with pytest.raises(ConfigError, match="unknown scorer 'first_heavy'.*register_scorer"):
+        PXConfig(scorer="first_heavy")

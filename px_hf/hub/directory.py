@@ -1,6 +1,6 @@
 """Where a save may write, and how it replaces a directory without ever losing the previous version.
 
-Rules (the README's "Saving" section states them for users):
+Rules (docs/usage.md states them for users):
 
 - a missing path, or an empty directory, is written;
 - a directory that holds only the files of a saved model (px_hf's or transformers') is replaced when
@@ -20,7 +20,7 @@ import shutil
 from typing import Callable
 
 from ..errors import OutputDirError
-from .files import PRUNING_CONFIG_FILE, PX_HF_FILES
+from .format import PRUNING_CONFIG_FILE, PX_HF_FILES
 
 # Names a save of px_hf or transformers' save_pretrained writes into a model directory.
 MODEL_FILE_PATTERNS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -12,58 +13,33 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import PrunedModelError
-from .files import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE
+from .format import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE, PruningRecord
 from .mask_file import file_sha256, load_masks
 
 
-# What a pruning record must hold to be checked against its masks.
-_REQUIRED = {"config": dict, "architecture": str, "mask_sha256": str, "kept_params": int, "prunable_params": int,
-             "target_density": (int, float), "achieved_density": (int, float)}
-
-
-def read_record(directory: str) -> Optional[dict[str, Any]]:
-    """The pruning config of ``directory``, or ``None`` when there is none (an unpruned model)."""
-    path = os.path.join(directory, PRUNING_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as handle:
-            record = json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise PrunedModelError(f"{path} is not a readable JSON file: {err}") from err
-    if not isinstance(record, dict):
-        raise PrunedModelError(f"{path} must hold a JSON object, got {type(record).__name__}")
-    missing = [key for key, kind in _REQUIRED.items() if not isinstance(record.get(key), kind)
-               or isinstance(record.get(key), bool)]
-    if missing:
-        raise PrunedModelError(f"{path} lacks {', '.join(missing)} (or holds the wrong type): it was not written by "
-                               "px_hf's save_pretrained, or it was damaged")
-    return record
-
-
-def check_record(record: dict[str, Any], masks: dict[str, torch.Tensor], path: str) -> None:
+def check_record(record: PruningRecord, masks: dict[str, torch.Tensor], path: str) -> None:
     """Raise :class:`PrunedModelError` when ``record`` misreports ``masks`` (an edited or foreign record)."""
     from ..config import PXConfig
     from ..errors import ConfigError
 
     try:
-        config = PXConfig.from_dict(record["config"])
+        config = PXConfig.from_dict(record.config)
     except (ConfigError, TypeError) as err:
         raise PrunedModelError(f"{path} holds an invalid config: {err}") from err
     kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     problems = []
-    if abs(config.density - record["target_density"]) > 1e-9:
-        problems.append(f"config.sparsity {config.sparsity} but target_density {record['target_density']}")
-    if not record.get("dense_parameters"):  # a new head's mask was dropped: the counts are the original model's
-        if (kept, total) != (record["kept_params"], record["prunable_params"]):
-            problems.append(f"it records {record['kept_params']} of {record['prunable_params']} weights kept, the "
+    if abs(config.density - record.target_density) > 1e-9:
+        problems.append(f"config.sparsity {config.sparsity} but target_density {record.target_density}")
+    if not record.dense_parameters:  # a new head's mask was dropped: the counts are the original model's
+        if (kept, total) != (record.kept_params, record.prunable_params):
+            problems.append(f"it records {record.kept_params} of {record.prunable_params} weights kept, the "
                             f"masks keep {kept} of {total}")
-        elif abs(kept / total - record["achieved_density"]) > 1e-9:
-            problems.append(f"achieved_density {record['achieved_density']} but the masks keep {kept / total:.6f}")
+        elif abs(kept / total - record.achieved_density) > 1e-9:
+            problems.append(f"achieved_density {record.achieved_density} but the masks keep {kept / total:.6f}")
         # Rounding to whole weights (per tensor with a layer-wise threshold) is the only allowed gap.
-        elif abs(record["achieved_density"] - config.density) > len(masks) / total + 1e-9 and not (
-                config.scope == "layer" and record.get("previous_pruning")):
+        elif abs(record.achieved_density - config.density) > len(masks) / total + 1e-9 and not (
+                config.scope == "layer" and record.previous_pruning):
             problems.append(f"the masks keep {kept / total:.6f} of the weights, not the configured density "
                             f"{config.density:.6f}")
     if problems:
@@ -97,20 +73,20 @@ def check_architecture(directory: str, model: nn.Module, role: str = "the model 
                                "resume from a checkpoint of the same model")
 
 
-def _transformers_class(directory: str, record: dict[str, Any]):
+def _transformers_class(directory: str, record: PruningRecord):
     import transformers
 
     name = saved_architecture(directory)
-    if name is not None and name != record.get("architecture"):
+    if name is not None and name != record.architecture:
         raise PrunedModelError(
-            f"{os.path.join(directory, PRUNING_CONFIG_FILE)} was written for a {record.get('architecture')}, but "
+            f"{os.path.join(directory, PRUNING_CONFIG_FILE)} was written for a {record.architecture}, but "
             f"config.json describes a {name}"
         )
     cls = getattr(transformers, name or "", None)
     return cls or transformers.AutoModelForImageClassification
 
 
-def _load_transformers_model(directory: str, record: dict[str, Any], compact: bool, **kwargs
+def _load_transformers_model(directory: str, record: PruningRecord, compact: bool, **kwargs
                              ) -> tuple[nn.Module, list[str]]:
     """The model and the names of the tensors re-initialized because of ``ignore_mismatched_sizes=True`` (a new
     label set)."""
@@ -168,7 +144,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> 
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: dict[str, Any], directory: str) -> None:
+def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: PruningRecord, directory: str) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         if name not in params:
@@ -186,38 +162,39 @@ def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: dict[
 
 
 def load_pruned(
-    directory: str, record: dict[str, Any], model: Optional[nn.Module] = None, **model_kwargs: Any
-) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Rebuild the pruned model saved in ``directory`` and its masks, bit-exactly, verifying the mask hash.
+    directory: str, record: PruningRecord, model: Optional[nn.Module] = None, **model_kwargs: Any
+) -> tuple[nn.Module, dict[str, torch.Tensor], PruningRecord]:
+    """Rebuild the pruned model saved in ``directory`` and its masks, bit-exactly, verifying the mask hash; also
+    returns the record, with a re-initialized head listed in ``dense_parameters``.
 
     ``model``: a module to load the weights into (required for models that are not transformers models).
     """
-    mask_path = os.path.join(directory, record.get("mask_file") or MASK_FILE)
+    mask_path = os.path.join(directory, record.mask_file or MASK_FILE)
     if not os.path.isfile(mask_path):
         raise PrunedModelError(
             f"{directory} has a {PRUNING_CONFIG_FILE} but no {os.path.basename(mask_path)}: which weights are "
             "pruned cannot be restored"
         )
-    expected = record.get("mask_sha256")
+    expected = record.mask_file_sha256
     actual = file_sha256(mask_path)
     if expected is None or actual != expected:
         raise PrunedModelError(f"{mask_path} has sha256 {actual} but {PRUNING_CONFIG_FILE} records {expected}: "
                                "the mask file was changed or replaced")
     masks = load_masks(mask_path)
-    compact = record.get("weights_format") == "compact"
+    compact = record.weights_format == "compact"
     if model is None:
         model, reinitialized = _load_transformers_model(directory, record, compact, **model_kwargs)
         dropped = sorted(set(reinitialized) & set(masks))
         if dropped:
             # A new label set: the re-initialized head is trained dense (its old mask cannot fit it).
             masks = {n: m for n, m in masks.items() if n not in dropped}
-            record["dense_parameters"] = sorted(set(record.get("dense_parameters") or []) | set(dropped))
-    elif type(model).__name__ != record.get("architecture"):
-        raise PrunedModelError(f"{PRUNING_CONFIG_FILE} in {directory} was written for a {record.get('architecture')}, "
+            record = dataclasses.replace(record, dense_parameters=sorted(set(record.dense_parameters or []) | set(dropped)))
+    elif type(model).__name__ != record.architecture:
+        raise PrunedModelError(f"{PRUNING_CONFIG_FILE} in {directory} was written for a {record.architecture}, "
                                f"not a {type(model).__name__}")
     elif not compact:
         _load_state(model, _load_file(os.path.join(directory, GENERIC_WEIGHTS_FILE)), directory)
     if compact:
         _fill_compact(model, directory, masks)
     _check_masks(model, masks, record, directory)
-    return model, masks
+    return model, masks, record

@@ -12,7 +12,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.errors import HTTPError as HubHTTPError
 
 from ..errors import HubError
-from .files import PRUNING_CONFIG_FILE
+from .format import PRUNING_CONFIG_FILE
 
 # What a pruned model's repo holds that px_hf reads; other files (e.g. pickled weights) are never fetched.
 _PATTERNS = ["*.json", "*.safetensors", "*.md"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..summary import PruningSummary
 from .card import write_card
-from .files import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE
+from .format import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PruningRecord
 from .mask_file import save_masks
 
 
@@ -45,9 +45,9 @@ def _save_dense(model: nn.Module, directory: str) -> None:
 
 
 def write_pruned(
-    directory: str, model: nn.Module, masks: Mapping[str, torch.Tensor], record: dict[str, Any],
+    directory: str, model: nn.Module, masks: Mapping[str, torch.Tensor], record: PruningRecord,
     compact: bool = False, repo_id: Optional[str] = None,
-) -> dict[str, Any]:
+) -> PruningRecord:
     """Write everything into an existing empty ``directory``; return the pruning record as written."""
     if compact:
         _save_compact(model, masks, directory)
@@ -59,12 +59,11 @@ def write_pruned(
 
 
 def write_pruning_files(
-    directory: str, masks: Mapping[str, torch.Tensor], record: dict[str, Any], weights_format: str = "dense"
-) -> dict[str, Any]:
+    directory: str, masks: Mapping[str, torch.Tensor], record: PruningRecord, weights_format: str = "dense"
+) -> PruningRecord:
     """Write ``px_masks.safetensors`` and ``pruning_config.json`` (with the mask file's sha256) into
     ``directory``, next to weights already there; return the record as written."""
     digest = save_masks(masks, os.path.join(directory, MASK_FILE))
-    record = dict(record, weights_format=weights_format, mask_file=MASK_FILE, mask_sha256=digest)
-    with open(os.path.join(directory, PRUNING_CONFIG_FILE), "w") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True)
+    record = dataclasses.replace(record, weights_format=weights_format, mask_file=MASK_FILE, mask_file_sha256=digest)
+    record.write(directory)
     return record

@@ -73,3 +73,15 @@ def forward(
     if parameters is None:
         return output_tensor(model(*args, **kwargs))
     return output_tensor(functional_call(model, dict(parameters), args, kwargs))
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; every module's own mode restored after it."""
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in training.items():
+            module.train(flag)

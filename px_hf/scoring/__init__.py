@@ -1,21 +1,26 @@
-"""Scorers: one function per method, from a :class:`ScoringContext` to a score per prunable weight."""
+"""Scorers: one function per method, from a :class:`ScoringContext` to a score per prunable weight.
 
-from .base import Scorer, Scores, ScoringContext
-from .baselines import grasp_scores, magnitude_scores, random_scores, snip_scores, synflow_scores
-from .px import px_scores
+``px.py`` holds the PX math, ``baselines.py`` the methods PX is compared against, ``registry.py`` the name and
+facts of each (torch-free, so this package imports torch only when a scorer or the context is used).
+"""
 
-SCORERS: dict[str, Scorer] = {
-    "px": px_scores,
-    "random": random_scores,
-    "magnitude": magnitude_scores,
-    "snip": snip_scores,
-    "grasp": grasp_scores,
-    "synflow": synflow_scores,
-}
-# Scorers that read the pruning data; the others need only the weights (and SynFlow the input shape).
-DATA_SCORERS = ("px", "snip", "grasp")
-LABEL_SCORERS = ("snip", "grasp")
-# Scores these scorers guarantee to be >= 0.
-NONNEGATIVE_SCORERS = ("px", "random", "magnitude", "snip", "synflow")
+from __future__ import annotations
 
-__all__ = ["SCORERS", "DATA_SCORERS", "LABEL_SCORERS", "NONNEGATIVE_SCORERS", "Scorer", "Scores", "ScoringContext"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .registry import ScorerInfo, register_scorer, scorer_info, scorer_names
+
+if TYPE_CHECKING:
+    from .base import Scorer, Scores, ScoringContext
+
+_LAZY = {"Scorer": "base", "Scores": "base", "ScoringContext": "base"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ScorerInfo", "register_scorer", "scorer_info", "scorer_names", "Scorer", "Scores", "ScoringContext"]

@@ -32,7 +32,8 @@ class ScoringContext:
         masks: current masks of the prunable parameters.
         batches: the pruning set of this process as ``(inputs, labels)`` pairs on the model's device.
         sample_shape: shape of one input example (for the data-free passes).
-        passes: the hooks that run the model in PX's linearized modes.
+        passes: the hooks that run the model in PX's linearized modes (``None`` for a scorer registered with
+            ``uses_passes=False``).
         config: the run's configuration.
         generator: seeded generator for random choices.
         roles: how each parameter enters the linearized passes.
@@ -46,7 +47,7 @@ class ScoringContext:
     masks: dict[str, torch.Tensor]
     batches: Iterable[tuple[torch.Tensor, Optional[torch.Tensor]]]
     sample_shape: tuple[int, ...]
-    passes: LinearizedPasses
+    passes: Optional[LinearizedPasses]
     config: PXConfig
     generator: torch.Generator
     roles: dict[str, Role]

@@ -8,6 +8,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 
+from ..io import evaluating
 from ..structure import uses_attention_interface
 from .attention import routed_attention
 from .normalization import NormRule
@@ -63,9 +64,7 @@ class LinearizedPasses:
     # ----------------------------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "LinearizedPasses":
         stack = ExitStack()
-        training = {m: m.training for m in self.model.modules()}
-        stack.callback(lambda: [m.train(flag) for m, flag in training.items()])
-        self.model.eval()
+        stack.enter_context(evaluating(self.model))
         handles = []
         for module in self.rules:
             handles.append(module.register_forward_pre_hook(self._save_input))

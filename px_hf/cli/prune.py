@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from .config import SCORERS, PXConfig
-from .errors import DataError, HubError, PXError
+from ..errors import DataError, HubError, PXError
+from .shared import add_config_options, config_from_args, image_transform, load_pruner, offline
 
 DEFAULT_OUTPUT_DIR = "px-hf-output"
 
@@ -30,16 +30,6 @@ def _parser() -> argparse.ArgumentParser:
                             "folder in $PX_HF_FASHION_MNIST), an image folder (class per sub-directory), or a "
                             "datasets name (default: digits)")
     prune.add_argument("--split", default="train", help="dataset split to draw the pruning set from")
-    prune.add_argument("--sparsity", type=float, default=0.98, help="fraction of weights removed (default 0.98)")
-    prune.add_argument("--scorer", default="px", choices=SCORERS, help="scoring method (default px)")
-    prune.add_argument("--rounds", type=int, default=None,
-                       help="pruning rounds (default: 100 for px/synflow, 1 for the others)")
-    prune.add_argument("--schedule", default="exponential", choices=("exponential", "linear"))
-    prune.add_argument("--scope", default="global", choices=("global", "layer"))
-    prune.add_argument("--examples-per-class", type=int, default=10,
-                       help="class-balanced pruning set size per class; 0 uses every example (default 10)")
-    prune.add_argument("--batch-size", type=int, default=32)
-    prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--image-size", type=_positive_int, default=32,
                        help="image size of the built-in small models (default 32)")
     prune.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
@@ -53,22 +43,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="also upload the pruned model to this Hub repo (one commit)")
     prune.add_argument("--private", action="store_true", help="create the Hub repo as private")
     prune.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
-    prune.add_argument("--mixed-precision", default=None, choices=("no", "fp16", "bf16"),
-                       help="precision of the real pass (default: accelerate launch's setting)")
-    prune.add_argument("--cpu", action="store_true", help="score on the CPU even where a GPU is present")
     prune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_options(prune)
     return parser
 
 
 def _digits(split: str, size: int):
     """All of scikit-learn's digits: they come without splits, so ``split`` is ignored."""
-    from .digits import load_digits
+    from ..digits import load_digits
 
     return load_digits(image_size=size)
 
 
 def _fashion_mnist(split: str, size: int):
-    from .fashion_mnist import load_fashion_mnist
+    from ..fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(split, image_size=size)
 
@@ -84,29 +72,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def _load_pruner(args, config: PXConfig, num_labels: int):
-    """A PXPruner around ``--model``: a built-in family, or a local directory or Hub id (a pruned model comes back
-    with its masks, and is pruned further from them)."""
-    from .pruner import PXPruner
-    from .zoo import FAMILIES, small_model
-
-    name = args.model
-    if name in FAMILIES:
-        return PXPruner(small_model(name, num_labels=num_labels, image_size=args.image_size, seed=args.seed), config)
-    if not os.path.isdir(name):
-        if os.path.exists(name):
-            raise PXError(f"--model {name!r} is a file; give a directory holding a model, a Hub id, or "
-                          f"{', '.join(FAMILIES)}")
-        if _offline():
-            raise PXError(f"--model {name!r} is neither a built-in family ({', '.join(FAMILIES)}) nor a local "
-                          "directory, and the Hub is offline (HF_HUB_OFFLINE=1)")
-    return PXPruner.from_pretrained(name, config)
-
-
 def _model_input_spec(model, default_size: int) -> tuple[int, int]:
     config = getattr(model, "config", None)
     size = getattr(config, "image_size", default_size)
@@ -115,7 +80,7 @@ def _model_input_spec(model, default_size: int) -> tuple[int, int]:
 
 def _check_data(args) -> int:
     """Check ``--data`` before any model is built; return its number of classes (10 when unknown)."""
-    from .data import image_folder_classes
+    from ..data import image_folder_classes
 
     if args.data in BUILTIN_DATA:
         return 10
@@ -129,7 +94,7 @@ def _check_data(args) -> int:
         return max(len(classes), 1)
     if os.path.exists(args.data):
         raise DataError(f"--data {args.data!r} is a file; give 'digits', an image folder or a datasets name")
-    if _offline():
+    if offline():
         raise DataError(f"--data {args.data!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE=1), so it "
                         "cannot be a datasets name either")
     return 10
@@ -156,44 +121,25 @@ def _load_data(args, model):
         processor = AutoImageProcessor.from_pretrained(args.model)
         return dataset, {"image_processor": processor}, args.data
     except (OSError, ValueError):
-        return dataset, {"transform": _basic_transform(channels, size)}, args.data
-
-
-def _basic_transform(channels: int, size: int):
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    def transform(image):
-        mode = "L" if channels == 1 else "RGB"
-        array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
-        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-        return tensor * 2.0 - 1.0
-
-    return transform
+        return dataset, {"transform": image_transform(model)}, args.data
 
 
 def prune_command(args: argparse.Namespace) -> int:
     """Prune, report and save; under ``accelerate launch``/``torchrun`` every process scores its shard and only
     the main process prints and writes. Everything that can be checked is checked before pruning starts."""
-    from .distributed import process_state
-    from .hub.directory import check_output_dir
+    from ..distributed import process_state
+    from ..hub.directory import check_output_dir
 
-    config = PXConfig(
-        sparsity=args.sparsity, scorer=args.scorer, rounds=args.rounds, schedule=args.schedule, scope=args.scope,
-        examples_per_class=args.examples_per_class or None, seed=args.seed, batch_size=args.batch_size,
-        mixed_precision=args.mixed_precision, cpu=args.cpu,
-    )
-    state = process_state(cpu=args.cpu)
+    config = config_from_args(args)
+    state = process_state(cpu=config.cpu)
     say = print if state.is_main_process else (lambda *a, **k: None)
     if state.is_main_process:
         check_output_dir(args.output_dir, args.overwrite, "--output-dir")
-    if args.push_to_hub and _offline():
+    if args.push_to_hub and offline():
         raise PXError(f"--push-to-hub {args.push_to_hub}: the Hub is offline (HF_HUB_OFFLINE=1); save locally and "
                       "push later")
     num_labels = _check_data(args)
-    pruner = _load_pruner(args, config, num_labels)
+    pruner = load_pruner(args.model, config, num_labels=num_labels, image_size=args.image_size, seed=config.seed)
     model = pruner.model
     data, data_kwargs, description = _load_data(args, model)
     already = f", from its masks at {pruner.summary().density:.2%} density" if pruner.masks else ""
@@ -210,7 +156,7 @@ def prune_command(args: argparse.Namespace) -> int:
     if summary.collapsed:
         say(f"layers pruned to zero: {', '.join(summary.collapsed)}")
     say(f"time: {elapsed:.2f} s for {config.num_rounds} round(s) on {len(pruner.pruning_set)} examples")
-    say(f"masks sha256: {pruner.masks_sha256} (identical on all {state.num_processes} process(es))")
+    say(f"mask digest: {pruner.mask_digest} (identical on all {state.num_processes} process(es))")
     if state.is_main_process:
         pruner.save_pretrained(args.output_dir, compact=args.compact, overwrite=args.overwrite)
         say(f"saved to {os.path.abspath(args.output_dir)}")
@@ -234,20 +180,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"px-hf: error: {err}", file=sys.stderr)
         return 2
     finally:
+        from ..distributed import shutdown_distributed
+
         shutdown_distributed()
-
-
-def shutdown_distributed() -> None:
-    """Tear down torch.distributed after a launched run. Collecting the model's memory before destroying the
-    process group avoids an abort at interpreter exit seen in about 1 of 7 two-process runs."""
-    import gc
-
-    import torch.distributed as dist
-
-    gc.collect()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

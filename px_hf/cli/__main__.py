@@ -1,0 +1,5 @@
+import sys
+
+from .prune import main
+
+sys.exit(main())
