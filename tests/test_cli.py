@@ -80,6 +80,14 @@ def test_main_job_with_no_arguments(tmp_path):
     assert "achieved density: 0.0200" in result.stdout
     assert re.search(r"time: \d+\.\d+ s for 100 round", result.stdout)
     _check_saved(tmp_path / "px-hf-output", 0.02)
+    # The README's sample of this output: timings and the output path differ between runs, every other line shown
+    # must be printed as shown.
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    sample = re.search(r"The main job prints.*?\n```\n(.*?)```", readme, flags=re.S).group(1).splitlines()
+    fixed = [line for line in sample if line != "..." and not line.startswith(("time:", "saved to"))]
+    assert len(fixed) >= 8
+    printed = result.stdout.splitlines()
+    assert not [line for line in fixed if line not in printed], "the README's sample output is stale"
 
 
 def test_prune_command_on_fashion_mnist(tmp_path, capsys, monkeypatch):
