@@ -4,18 +4,19 @@ with the number of pruning examples and with model size.
 Random-init models, float32, all CPU threads, 224 px, batches of 8. Four tables:
 
 - scorers: ResNet-50, ConvNeXt-Tiny and ViT-Base, every scorer, pruning on one batch;
-- examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples;
+- examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples, under glibc's default allocator and
+  with a fixed 64 KiB mmap threshold;
 - sizes: PX on ResNet-18/34/50/101 and ViT-Small/Base (``--sizes vit-large`` adds ViT-Large, about 3 minutes);
 - the main job: the pruning of ``px-hf prune`` with its defaults, rounds per second and where the time goes.
 
 Every row gives the time of a round (the median gap between successive rounds: scoring, selection, masking),
 that time over one no-grad forward pass of one batch, and the extra resident memory of the whole pruning over
 the memory held before it (model, data), sampled every 2 ms, also over the parameters plus one forward pass's
-activations (the extra memory of a forward with autograd on). Targets: a PX round costs at most 3.5
-forward passes, and its extra memory is at most one copy of the parameters plus one forward pass's activations.
+activations (the extra memory of a forward with autograd on). Targets: a PX round costs at most 2.5
+forward passes (``speed_types.py``: at most 4 on every covered model type), and its extra memory is at most one copy of the parameters plus one forward pass's activations.
 
 Each measurement runs in its own spawned process so that one's peak memory does not hide another's; a
-measurement shared by two tables runs once. The defaults take about 12 minutes on 2 CPU cores; ``--quick``
+measurement shared by two tables runs once. The defaults take about 23 minutes on 2 CPU cores; ``--quick``
 (64 px, ResNet-50 and ResNet-18, 2 rounds) about a minute, for smoke tests.
 
     python benchmarks/speed.py [--quick] [--models resnet-50 ...] [--scorers px snip ...] [--examples 8 16 ...]
@@ -39,7 +40,7 @@ from typing import Any
 
 from _report import save_results
 
-from px_hf.config import SCORERS
+from px_hf.scoring import scorer_names
 
 NUM_LABELS = 1000
 SPARSITY = 0.5
@@ -251,11 +252,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (about a minute)")
     models = dict(choices=list(MODELS), metavar="MODEL")
-    scorers = dict(choices=SCORERS, metavar="SCORER")
+    scorers = dict(choices=scorer_names(), metavar="SCORER")
     parser.add_argument("--models", nargs="+", **models,
                         help=f"models of the scorers table, from: {', '.join(MODELS)}")
-    parser.add_argument("--scorers", nargs="+", **scorers, default=list(SCORERS),
-                        help=f"scorers of the scorers table, from: {', '.join(SCORERS)} (default: all)")
+    parser.add_argument("--scorers", nargs="+", **scorers, default=list(scorer_names()),
+                        help=f"scorers of the scorers table, from: {', '.join(scorer_names())} (default: all)")
     parser.add_argument("--examples", nargs="+", type=int, help="pruning set sizes of the examples table")
     parser.add_argument("--example-scorers", nargs="+", **scorers, default=["px", "snip"],
                         help="scorers of the examples table (grasp is about 3 times slower than snip)")
