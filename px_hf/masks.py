@@ -147,3 +147,21 @@ def mask_digest(masks: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tuple(mask.shape)}\n".encode())
         digest.update(mask.reshape(-1).numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_masks(parameters: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], where: str = "the model",
+                zeros: bool = True) -> None:
+    """Raise :class:`~px_hf.PrunedModelError` unless every mask names a parameter of the same shape and, with
+    ``zeros``, every weight it prunes is exactly zero (``where`` names the model in the message)."""
+    from .errors import PrunedModelError
+
+    missing = [n for n in masks if n not in parameters]
+    if missing:
+        raise PrunedModelError(f"the masks name parameters {where} does not have: {missing[:3]}")
+    for name, mask in masks.items():
+        param = parameters[name]
+        if tuple(mask.shape) != tuple(param.shape):
+            raise PrunedModelError(f"the mask of {name} has shape {tuple(mask.shape)} but the parameter of {where} "
+                                   f"has shape {tuple(param.shape)}")
+        if zeros and torch.count_nonzero(param.detach()[~mask.to(param.device)]):
+            raise PrunedModelError(f"{name} has non-zero weights at pruned positions in {where}")

@@ -288,6 +288,14 @@ class PXPruner:
         save_atomically(directory, lambda folder: write_pruned(folder, self.model, self.masks, record, compact),
                         overwrite=overwrite)
 
+    def save_pruning_files(self, directory: str) -> None:
+        """Write the masks, ``pruning_config.json`` and the model card into ``directory``, next to weights saved
+        there by something else (a Trainer's ``output_dir``): the directory then loads with
+        :meth:`from_pretrained`, which checks that the weights are zero wherever the masks prune."""
+        from .hub.save import write_pruning_files
+
+        write_pruning_files(directory, self.masks, self.pruning_record(), card=True)
+
     def push_to_hub(
         self, repo_id: str, private: Optional[bool] = None, commit_message: Optional[str] = None,
         token: Optional[str] = None, compact: bool = False, revision: Optional[str] = None,

@@ -14,7 +14,7 @@ from .errors import PrunedModelError
 from .hub.format import PruningRecord
 from .hub.load import check_architecture, load_pruned
 from .hub.save import write_pruning_files
-from .masks import apply_masks
+from .masks import apply_masks, check_masks
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -26,12 +26,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def check_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor], where: str = "the model") -> None:
     """Raise if any masked weight of ``model`` is not exactly zero."""
-    params = dict(_unwrap(model).named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise PrunedModelError(f"{where} has no parameter {name} for its mask")
-        if torch.count_nonzero(params[name].detach()[~mask.to(params[name].device)]):
-            raise PrunedModelError(f"{name} has non-zero weights at pruned positions in {where}")
+    check_masks(dict(_unwrap(model).named_parameters()), masks, where)
 
 
 def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
@@ -104,13 +99,7 @@ class PXMaskCallback(TrainerCallback):
 
     def _params(self, model: nn.Module) -> dict[str, torch.Tensor]:
         params = dict(_unwrap(model).named_parameters())
-        missing = [n for n in self.masks if n not in params]
-        if missing:
-            raise PrunedModelError(f"the masks name parameters the model does not have: {missing[:3]}")
-        for name, mask in self.masks.items():
-            if tuple(mask.shape) != tuple(params[name].shape):
-                raise PrunedModelError(f"the mask of {name} has shape {tuple(mask.shape)} but the parameter has "
-                                       f"shape {tuple(params[name].shape)}")
+        check_masks(params, self.masks, "the model", zeros=False)
         return params
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -267,8 +267,6 @@ def _collate(examples):
 def _write_pruned_outputs(pruner: PXPruner, training_args, data_args, model_args, metrics, push: bool) -> None:
     """Next to the model the Trainer saved: masks, the pruning config (recording the fine-tuning and its
     metrics) and the model card; then the push, through px_hf so that the masks travel with the model."""
-    from px_hf.hub.card import write_card
-    from px_hf.hub.save import write_pruning_files
     from px_hf.training import check_pruned
 
     check_pruned(pruner.model, pruner.masks, "the fine-tuned model")
@@ -278,8 +276,7 @@ def _write_pruned_outputs(pruner: PXPruner, training_args, data_args, model_args
         "base": model_args.model_name_or_path,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     })
-    record = write_pruning_files(training_args.output_dir, pruner.masks, pruner.pruning_record())
-    write_card(training_args.output_dir, pruner.summary(), record)
+    pruner.save_pruning_files(training_args.output_dir)
     if push:
         repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
         info = pruner.push_to_hub(repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)

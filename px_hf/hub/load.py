@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import PrunedModelError
+from ..masks import check_masks
 from .format import COMPACT_WEIGHTS_FILE, GENERIC_WEIGHTS_FILE, MASK_FILE, PRUNING_CONFIG_FILE, PruningRecord
 from .mask_file import file_sha256, load_masks
 
@@ -145,19 +146,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> 
 
 
 def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor], record: PruningRecord, directory: str) -> None:
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise PrunedModelError(f"{MASK_FILE} in {directory} has a mask for {name}, which "
-                                   f"{type(model).__name__} does not have")
-        if tuple(mask.shape) != tuple(params[name].shape):
-            raise PrunedModelError(f"the mask of {name} has shape {tuple(mask.shape)} but the model's parameter has "
-                                   f"shape {tuple(params[name].shape)}")
-        if torch.count_nonzero(params[name].detach()[~mask.to(params[name].device)]):
-            raise PrunedModelError(
-                f"{name} has non-zero weights at pruned positions: the weights in {directory} do not belong to "
-                "these masks"
-            )
+    check_masks(dict(model.named_parameters()), masks, f"the {type(model).__name__} loaded from {directory}")
     check_record(record, masks, os.path.join(directory, PRUNING_CONFIG_FILE))
 
 

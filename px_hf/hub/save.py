@@ -53,17 +53,19 @@ def write_pruned(
         _save_compact(model, masks, directory)
     else:
         _save_dense(model, directory)
-    record = write_pruning_files(directory, masks, record, "compact" if compact else "dense")
-    write_card(directory, PruningSummary.from_masks(masks), record, repo_id)
-    return record
+    return write_pruning_files(directory, masks, record, "compact" if compact else "dense", card=True,
+                               repo_id=repo_id)
 
 
 def write_pruning_files(
-    directory: str, masks: Mapping[str, torch.Tensor], record: PruningRecord, weights_format: str = "dense"
+    directory: str, masks: Mapping[str, torch.Tensor], record: PruningRecord, weights_format: str = "dense",
+    card: bool = False, repo_id: Optional[str] = None,
 ) -> PruningRecord:
-    """Write ``px_masks.safetensors`` and ``pruning_config.json`` (with the mask file's sha256) into
-    ``directory``, next to weights already there; return the record as written."""
+    """Write ``px_masks.safetensors`` and ``pruning_config.json`` (with the mask file's sha256), and with ``card``
+    the model card, into ``directory``, next to weights already there; return the record as written."""
     digest = save_masks(masks, os.path.join(directory, MASK_FILE))
     record = dataclasses.replace(record, weights_format=weights_format, mask_file=MASK_FILE, mask_file_sha256=digest)
     record.write(directory)
+    if card:
+        write_card(directory, PruningSummary.from_masks(masks), record, repo_id)
     return record
