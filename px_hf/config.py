@@ -28,17 +28,25 @@ _CHOICES = {
 }
 
 
+def parse_value(text: str) -> Any:
+    """A :class:`PXConfig` value as given on a command line: JSON when it reads as JSON (numbers, ``null``,
+    ``true``), ``None`` for ``none``, else the text itself."""
+    if text.lower() == "none":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"KEY=VALUE"`` for a :class:`PXConfig` field, as given on a command line; the value is read as JSON when it
-    can be (numbers, ``null``, ``true``), else kept as a string. Raises :class:`ConfigError` for unknown fields."""
+    """``"KEY=VALUE"`` for a :class:`PXConfig` field (the value read by :func:`parse_value`). Raises
+    :class:`ConfigError` for unknown fields."""
     key, sep, value = text.partition("=")
     fields = [f.name for f in dataclasses.fields(PXConfig)]
     if not sep or key not in fields:
         raise ConfigError(f"expected KEY=VALUE with KEY a PXConfig field ({', '.join(fields)}), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    return key, parse_value(value)
 
 
 @dataclass

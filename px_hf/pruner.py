@@ -173,7 +173,7 @@ class PXPruner:
         self.model.to(process.device)
         params = dict(self.model.named_parameters())
         masks, start = self._starting_masks(params)
-        outcome = run_rounds(self.model, self.prunable, masks, start, pruning_set, self.config, process, callback,
+        outcome = run_rounds(self.model, self.prunable, masks, start, pruning_set, config, process, callback,
                              progress)
         masks, self.scores, self.history = outcome.masks, outcome.scores, outcome.history
         if self.masks:

@@ -63,11 +63,11 @@ def _smallest_image(family: str, config) -> int:
     return 1  # ResNet's padded strided convolutions accept any size, so the check above never fails for it
 
 
-def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0, default_image_size: int = 32,
+def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0,
                      **overrides) -> tuple[PreTrainedModel, tuple[int, int, int]]:
     """A randomly initialized ``AutoModelForImageClassification`` of ``model_type`` (eval mode) and the shape of
-    one input image (``default_image_size`` pixels per side when the config sets none). ``overrides`` are passed
-    to the type's default config."""
+    one input image (32 pixels per side when the config sets none). ``overrides`` are passed to the type's default
+    config."""
     import torch
     import transformers
     from transformers import AutoConfig
@@ -86,6 +86,6 @@ def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0, defau
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config).eval()
-    size = getattr(getattr(config, "vision_config", config), "image_size", None) or default_image_size
+    size = getattr(getattr(config, "vision_config", config), "image_size", None) or 32
     size = size[0] if isinstance(size, (list, tuple)) else size
     return model, (getattr(config, "num_channels", 3), size, size)

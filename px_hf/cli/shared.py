@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Callable, Optional
 
-from ..config import PXConfig
+from ..config import PXConfig, parse_value
 from ..errors import PXError
 
-# Values an option can spell that mean None, and the fields where 0 means None too ("use every example").
-_NONE = ("none", "null")
+# Fields where 0 means None ("use every example").
 _ZERO_IS_NONE = ("examples_per_class",)
 
 
@@ -26,33 +24,30 @@ def config_field_help() -> dict[str, str]:
     return {name: " ".join(body.split()) for name, body in entries}
 
 
+def _option_name(field: str, prefix: str) -> str:
+    """``prefix + field``, unless the field already starts with the prefix (``px_norm`` stays ``px_norm``)."""
+    return field if field.startswith(prefix) else prefix + field
+
+
 def _value(field: dataclasses.Field) -> Callable[[str], Any]:
-    """Parses one option value for ``field``: numbers, ``none``, or the text itself."""
+    """Parses one option value for ``field`` (:func:`~px_hf.config.parse_value`; 0 is None where it means "all")."""
 
     def parse(text: str) -> Any:
-        if text.lower() in _NONE or (field.name in _ZERO_IS_NONE and text == "0"):
-            return None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
+        return None if field.name in _ZERO_IS_NONE and text == "0" else parse_value(text)
 
     parse.__name__ = field.name  # argparse names the field in "invalid value" errors
     return parse
 
 
 def add_config_options(parser: argparse.ArgumentParser, prefix: str = "", separator: str = "-",
-                       defaults: bool = True, skip: tuple[str, ...] = ()) -> None:
+                       defaults: bool = True) -> None:
     """Add ``--<prefix><field>`` for every PXConfig field (``separator`` replaces ``_`` in the option name;
     a field already starting with ``prefix`` is not prefixed twice). With ``defaults=False`` an option left out
     is absent from the namespace, so :func:`config_from_args` keeps its ``base`` value."""
     helps = config_field_help()
     group = parser.add_argument_group("pruning (PXConfig)")
     for field in dataclasses.fields(PXConfig):
-        if field.name in skip:
-            continue
-        name = field.name if field.name.startswith(prefix) else prefix + field.name
+        name = _option_name(field.name, prefix)
         option = "--" + name.replace("_", separator)
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         shown = helps.get(field.name, "").replace("%", "%%")
@@ -66,16 +61,14 @@ def add_config_options(parser: argparse.ArgumentParser, prefix: str = "", separa
         group.add_argument(option, help=f"{shown} (default: {default})" if defaults else shown, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, prefix: str = "", base: Optional[PXConfig] = None,
-                     **overrides: Any) -> PXConfig:
+def config_from_args(args: argparse.Namespace, prefix: str = "", base: Optional[PXConfig] = None) -> PXConfig:
     """The PXConfig the options of :func:`add_config_options` describe: ``base`` (default ``PXConfig()``) with
-    every option in ``args`` and ``overrides`` applied."""
+    every option in ``args`` applied."""
     values = (base or PXConfig()).to_dict()
     for field in dataclasses.fields(PXConfig):
-        name = field.name if field.name.startswith(prefix) else prefix + field.name
+        name = _option_name(field.name, prefix)
         if hasattr(args, name):
             values[field.name] = getattr(args, name)
-    values.update(overrides)
     return PXConfig(**values)
 
 

@@ -2,7 +2,8 @@
 
 A rule claims the modules it :meth:`~Rule.matches`; the engine hooks every claimed module, saves its input, and
 hands input and output to :meth:`Rule.apply`, which returns the module's output in the current mode (``None``:
-the module's own). While a rule computes a module's output itself, the modules inside it run unhooked. Adding support for a kind of module is adding a rule class to :data:`.registry.RULES`.
+the module's own). While a rule computes a module's output itself, the modules inside it run unhooked. Adding
+support for a kind of module is adding a rule class to :data:`.registry.RULES`.
 Modules no rule claims run as they are; a non-linear one among them is caught by :func:`~.linearity.check_data_pass_linear`.
 """
 

@@ -55,7 +55,8 @@ class GateRule(Rule):
                                                                                      atol=1e-6):
                 raise ModelError(
                     f"{type(module).__name__} looks like a squeeze-excitation gate (a pooled input through a "
-                    "sigmoid) but does not return its input times that gate; PX cannot linearize it"
+                    "sigmoid) but does not return its input times that gate, so PX cannot linearize it. The baselines "
+                    "(magnitude, snip, grasp, synflow, random) can prune this model"
                 )
             self._checked.add(module)
         if passes.mode == "real":
