@@ -6,7 +6,7 @@ Prints and saves (benchmarks/results/linearization_evidence.json):
 2. Attention as a gate: the raw PX scores of every query and key weight are exactly zero (they are on no value
    path), so ``qk_scores="px"`` deletes them; ``"value"`` keeps them at the density of the value weights.
 3. GELU gates: how much the masks of ``px_activation="gated"`` (``Phi(z)``) and ``"binary"`` (``1[z>0]``) differ.
-4. BatchNorm: with ``px_norm="gated"`` the real pass uses batch statistics; ``"running"`` (the published recipe)
+4. BatchNorm: with ``px_norm="batch"`` the real pass uses batch statistics; ``"running"`` (the published recipe)
    uses running statistics, which at initialization are the identity: how much the masks differ.
 
     python benchmarks/linearization_evidence.py [--skip-base]
@@ -65,7 +65,7 @@ def attention(results: dict, data) -> None:
 def gates(results: dict, data) -> None:
     for family, option, values in (("vit", "px_activation", ("gated", "binary")),
                                    ("convnext", "px_activation", ("gated", "binary")),
-                                   ("resnet", "px_norm", ("gated", "running"))):
+                                   ("resnet", "px_norm", ("batch", "running"))):
         masks = []
         for value in values:
             pruner = PXPruner(small_model(family), PXConfig(sparsity=0.98, rounds=100, **{option: value}))

@@ -45,7 +45,7 @@ from px_hf.scoring import scorer_names
 NUM_LABELS = 1000
 SPARSITY = 0.5
 _RESNET_BASIC = dict(layer_type="basic", hidden_sizes=[64, 128, 256, 512])
-# CLI name -> (table name, px_hf.zoo family, config overrides of the zoo's "base" size).
+# CLI name -> (table name, px_hf.zoo family, config overrides of px_hf.zoo.imagenet_model).
 MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resnet-18": ("ResNet-18", "resnet", dict(_RESNET_BASIC, depths=[2, 2, 2, 2])),
     "resnet-34": ("ResNet-34", "resnet", dict(_RESNET_BASIC, depths=[3, 4, 6, 3])),
@@ -123,13 +123,12 @@ def model_label(model: str) -> str:
 
 
 def _build(model: str, image_size: int):
-    from px_hf.zoo import image_classifier, small_model
+    from px_hf.zoo import image_classifier, imagenet_model
 
     if model.startswith(TYPE_PREFIX):
         return image_classifier(model[len(TYPE_PREFIX):], NUM_LABELS, image_size=image_size)[0]
     _, family, overrides = MODELS[model]
-    return small_model(family, size="base", image_size=image_size, num_channels=3, num_labels=NUM_LABELS,
-                       **overrides)
+    return imagenet_model(family, num_labels=NUM_LABELS, image_size=image_size, **overrides)
 
 
 def _measure(m: Measurement) -> dict[str, float]:

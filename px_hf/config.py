@@ -19,7 +19,7 @@ BRANCH_SHARE_RULES = ("initial", "floored")
 _CHOICES = {
     "schedule": ("exponential", "linear"),
     "scope": ("global", "layer"),
-    "px_norm": ("gated", "running"),
+    "px_norm": ("batch", "running"),
     "px_activation": ("gated", "binary"),
     "px_bias": ("zero", "path"),
     "qk_scores": ("value", "px"),
@@ -68,7 +68,7 @@ class PXConfig:
         include: regular expressions; when given, only weights whose parameter name matches one of them are pruned.
         exclude: regular expressions; weights whose parameter name matches one of them are never pruned.
         px_norm: ``"running"`` (default) gives BatchNorm its running statistics in the real pass (eval mode, as
-            published; at initialization the identity), ``"gated"`` its batch statistics. LayerNorm and GroupNorm
+            published; at initialization the identity), ``"batch"`` its batch statistics. LayerNorm and GroupNorm
             always use the sample's own statistics. Either way a norm is a gain in the PX passes, never centred.
             PX only: SNIP and GraSP always score with batch statistics, as the network trains.
         px_activation: ``"gated"`` multiplies by ``phi(z) / z`` recorded on the real pass (Phi(z) for GELU);
@@ -123,6 +123,8 @@ class PXConfig:
             )
         self.sparsity = float(self.sparsity)
         scorer_info(self.scorer)  # a ConfigError naming the registered scorers if unknown
+        if self.px_norm == "gated":  # the earlier name of "batch": configs saved with it still load
+            self.px_norm = "batch"
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:

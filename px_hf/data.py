@@ -47,6 +47,22 @@ def image_folder_classes(path: str) -> list[str]:
     return classes
 
 
+def dataset_class_names(dataset: Any, label_column: Optional[str] = None) -> Optional[list[str]]:
+    """The class names of a ``datasets.Dataset``: its ``ClassLabel`` names, else ``"0"`` to the largest label id;
+    ``None`` when it has no label column."""
+    columns = list(dataset.column_names)
+    label_column = label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
+    if label_column is None:
+        return None
+    names = getattr(dataset.features.get(label_column), "names", None)
+    if names:
+        return list(names)
+    labels = _as_labels(dataset[label_column], f"column {label_column!r}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise DataError(f"column {label_column!r} holds negative labels; class ids start at 0")
+    return [str(i) for i in range(int(labels.max()) + 1 if labels.numel() else 0)]
+
+
 @dataclass
 class PruningSet:
     """The examples scored on, in memory.

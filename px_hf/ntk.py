@@ -31,7 +31,7 @@ def ntk_trace(
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     keep = {n: masks[n].to(p.device, p.dtype) for n, p in params.items() if n in masks}
     total = torch.zeros((), dtype=torch.float64)
-    with LinearizedPasses(model, rescale_blocks=False) as passes, passes.run("real", record=False), \
+    with LinearizedPasses(model, norm="batch", rescale_blocks=False) as passes, passes.run("real", record=False), \
             torch.enable_grad():
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         outputs = forward(model, inputs.to(next(iter(params.values())).device), leaves).reshape(-1)

@@ -89,7 +89,7 @@ def _rounds(model, prunable, masks, start, pruning_set, config, process, callbac
     schedule = density_schedule(config.density, config.num_rounds, config.schedule, start)
     # px_norm is PX's choice; the gradient baselines score the network as it trains, BatchNorm on batch
     # statistics (with running statistics at initialization a deep ResNet's logits overflow GraSP's Hessian).
-    norm = config.px_norm if info.batchnorm == "px_norm" else "gated"
+    norm = config.px_norm if info.batchnorm == "px_norm" else "batch"
     passes = LinearizedPasses(model, norm=norm, activation=config.px_activation,
                               rescale_blocks=config.px_rescale_blocks,
                               branch_share=config.px_branch_share) if info.uses_passes else None

@@ -9,42 +9,43 @@ from transformers import (
 )
 
 FAMILIES = ("vit", "convnext", "resnet")
-# "base" sizes match ViT-Base/16, ConvNeXt-Tiny and ResNet-50 at 224 px (for benchmarks).
-SIZES = ("small", "base")
+# The tiny models used on digits: 26, 13 and 16 prunable layers.
+_SMALL = {
+    "vit": dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
+    "convnext": dict(patch_size=2, num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1]),
+    "resnet": dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 2, 2], layer_type="basic",
+                   downsample_in_first_stage=False),
+}
+_CLASSES = {"vit": (ViTConfig, ViTForImageClassification), "convnext": (ConvNextConfig, ConvNextForImageClassification),
+            "resnet": (ResNetConfig, ResNetForImageClassification)}
 
 
-def small_model(
-    family: str, num_labels: int = 10, image_size: int = 32, num_channels: int = 1, size: str = "small",
-    seed: int = 0, **overrides,
-) -> PreTrainedModel:
-    """A randomly initialized image classifier of ``family`` (``vit``, ``convnext`` or ``resnet``).
+def small_model(family: str, num_labels: int = 10, image_size: int = 32, num_channels: int = 1, seed: int = 0,
+                **overrides) -> PreTrainedModel:
+    """A tiny randomly initialized image classifier of ``family`` (``vit``, ``convnext`` or ``resnet``), sized for
+    digits and tests. ``overrides`` are passed to the config."""
+    return _family_model(family, {**_SMALL.get(family, {}), **overrides}, num_labels, image_size, num_channels, seed)
 
-    ``size="small"`` gives the tiny models used on digits (26, 13 and 16 prunable layers); ``size="base"`` the
-    standard ImageNet sizes. ``overrides`` are passed to the config.
-    """
+
+def imagenet_model(family: str, num_labels: int = 1000, image_size: int = 224, num_channels: int = 3, seed: int = 0,
+                   **overrides) -> PreTrainedModel:
+    """A randomly initialized ViT-Base/16, ConvNeXt-Tiny or ResNet-50 (the configs' defaults), for benchmarks.
+    ``overrides`` are passed to the config."""
+    return _family_model(family, overrides, num_labels, image_size, num_channels, seed)
+
+
+def _family_model(family: str, arch: dict, num_labels: int, image_size: int, num_channels: int,
+                  seed: int) -> PreTrainedModel:
     import torch
 
     from .errors import ModelError
 
     if family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-    if size not in SIZES:
-        raise ModelError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ModelError(f"image_size must be a positive number of pixels, got {image_size!r}")
-    small = size == "small"
-    common = dict(num_labels=num_labels, num_channels=num_channels, image_size=image_size)
-    if family == "vit":
-        arch = dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                    intermediate_size=128) if small else dict(patch_size=16)
-        config, model_cls = ViTConfig(**{**common, **arch, **overrides}), ViTForImageClassification
-    elif family == "convnext":
-        arch = dict(patch_size=2, num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1]) if small else {}
-        config, model_cls = ConvNextConfig(**{**common, **arch, **overrides}), ConvNextForImageClassification
-    else:
-        arch = dict(embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 2, 2], layer_type="basic",
-                    downsample_in_first_stage=False) if small else {}
-        config, model_cls = ResNetConfig(**{**common, **arch, **overrides}), ResNetForImageClassification
+    config_cls, model_cls = _CLASSES[family]
+    config = config_cls(num_labels=num_labels, num_channels=num_channels, image_size=image_size, **arch)
     smallest = _smallest_image(family, config)
     if image_size < smallest:
         raise ModelError(f"image_size {image_size} is too small for this {family}: its downsampling needs at least "

@@ -109,3 +109,28 @@ def test_prune_command_without_fashion_mnist_names_the_package(tmp_path, capsys,
     monkeypatch.setattr("px_hf.fashion_mnist.DEBIAN_DIR", str(tmp_path / "nowhere"))
     assert main(["prune", "--data", "fashion-mnist", "--output-dir", str(tmp_path / "o")]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names", [["cat", "dog", "bird"], None])
+def test_a_datasets_name_gives_the_built_model_its_classes(tmp_path, capsys, monkeypatch, names):
+    """A datasets name sets the head of a built-in family to the dataset's classes (ClassLabel names, or ids up to
+    the largest label). The Hub is unreachable here, so ``load_dataset`` hands back a Dataset made in memory."""
+    import datasets
+    import numpy as np
+
+    labels = [i % 3 for i in range(12)]
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=names) if names else datasets.Value("int64")})
+    images = [np.full((8, 8), 40 * label + i, dtype=np.uint8) for i, label in enumerate(labels)]
+    made = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append((a, k)) or made)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "resnet", "--data", "someone/shapes", "--examples-per-class", "2",
+                 "--rounds", "1", "--sparsity", "0.5", "--output-dir", str(out), "--no-progress"]) == 0
+    assert asked == [(("someone/shapes",), {"split": "train"})]
+    config = json.load(open(out / "config.json"))
+    assert list(config["id2label"].values()) == (names or ["0", "1", "2"])
+    assert _check_saved(out, 0.5)["pruning_set"]["examples"] == 6

@@ -36,6 +36,10 @@ def test_other_bad_options(field, value):
         PXConfig(**{field: value})
 
 
+def test_a_saved_config_with_the_earlier_px_norm_name_loads():
+    assert PXConfig.from_dict({"px_norm": "gated"}).px_norm == "batch"
+
+
 def test_model_without_prunable_layers():
     model = nn.Sequential(nn.LayerNorm(4), nn.ReLU())
     with pytest.raises(ModelError, match="no prunable layer"):

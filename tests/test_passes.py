@@ -8,7 +8,7 @@ from px_hf import PXConfig, PXPruner
 from px_hf.errors import ModelError
 from px_hf.modeling.passes import LinearizedPasses, check_data_pass_linear, pass_parameters
 from px_hf.modeling.structure import parameter_roles, residual_blocks
-from px_hf.zoo import small_model
+from px_hf.zoo import imagenet_model, small_model
 
 
 def _scores(model, digits, **config):
@@ -58,7 +58,7 @@ def test_real_pass_batchnorm_uses_batch_statistics():
     bn = nn.BatchNorm1d(3)
     model = nn.Sequential(nn.Linear(4, 3), bn, nn.ReLU())
     x = torch.randn(16, 4) * 5 + 2
-    with LinearizedPasses(model) as passes, passes.run("real"), torch.no_grad():
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes, passes.run("real"), torch.no_grad():
         out = model(x)
     expected = torch.relu(nn.functional.batch_norm(model[0](x), None, None, bn.weight, bn.bias, training=True))
     torch.testing.assert_close(out, expected.detach())
@@ -67,7 +67,7 @@ def test_real_pass_batchnorm_uses_batch_statistics():
 def test_inplace_relu_keeps_its_gate():
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 2))
     x = torch.randn(8, 4)
-    with LinearizedPasses(model) as passes, torch.no_grad():
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes, torch.no_grad():
         with passes.run("real"):
             model(x)
         with passes.run("data"):
@@ -80,7 +80,7 @@ def test_inplace_relu_keeps_its_gate():
 @pytest.mark.parametrize("family", ["vit", "resnet", "convnext"])
 def test_px_scores_finite_in_float32_at_imagenet_size(family):
     """ViT-Base, ResNet-50 and ConvNeXt-Tiny configs at 224 px: one PX round, float32, finite non-zero scores."""
-    model = small_model(family, size="base", image_size=224, num_channels=3, num_labels=1000)
+    model = imagenet_model(family)
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     pruner = PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None))
     pruner.prune(x, progress=False)
@@ -112,7 +112,7 @@ def test_px_refuses_a_module_without_a_pass_rule_and_names_it():
 
 def test_linearity_check_accepts_a_network_the_rules_cover():
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3))
-    with LinearizedPasses(model) as passes:
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes:
         params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
         check_data_pass_linear(passes, model, torch.randn(4, 6), params)  # raises if not linear
 
@@ -140,7 +140,7 @@ def test_squeeze_excitation_gate_is_replayed_in_the_data_pass():
     model = _gated_net()
     x = torch.randn(5, 3, 6, 6)
     model(x)  # materializes the lazy layer
-    with LinearizedPasses(model, rescale_blocks=False) as passes:  # no common factor on the block's output
+    with LinearizedPasses(model, norm="batch", rescale_blocks=False, branch_share=None) as passes:  # no common factor on the block's output
         params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
         check_data_pass_linear(passes, model, x, params)
         with torch.no_grad(), passes.run("real"):
@@ -188,7 +188,7 @@ def test_inline_attention_probabilities_are_replayed_through_their_dropout():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), _InlineAttention(8), nn.Flatten(), nn.Linear(40, 3))
     x = torch.randn(6, 5, 4)
-    with LinearizedPasses(model, rescale_blocks=False) as passes:
+    with LinearizedPasses(model, norm="batch", rescale_blocks=False, branch_share=None) as passes:
         params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
         check_data_pass_linear(passes, model, x, params)
         with torch.no_grad(), passes.run("real"):
@@ -205,3 +205,12 @@ def test_inline_attention_without_a_dropout_module_is_refused():
     data = (torch.randn(12, 5, 4), torch.arange(12) % 3)
     with pytest.raises(ModelError, match="_InlineAttention"):
         PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)
+
+
+def test_the_passes_default_to_pxconfig_defaults():
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(LinearizedPasses).parameters.items()}
+    config = PXConfig()
+    assert (defaults["norm"], defaults["activation"], defaults["rescale_blocks"], defaults["branch_share"]) == (
+        config.px_norm, config.px_activation, config.px_rescale_blocks, config.px_branch_share)

@@ -76,7 +76,7 @@ def test_layer_scope_keeps_density_in_every_layer(model, digits):
 
 
 @pytest.mark.parametrize("family,norm,name", [
-    ("resnet", "gated", "resnet.encoder.stages.1.layers.0.layer.0.convolution.weight"),
+    ("resnet", "batch", "resnet.encoder.stages.1.layers.0.layer.0.convolution.weight"),
     ("vit", "running", "vit.layers.1.mlp.fc1.weight"),  # LayerNorm always uses the sample's statistics
 ])
 def test_px_scores_depend_on_data(digits, family, norm, name):
@@ -133,7 +133,7 @@ def test_gradient_baselines_score_with_batch_statistics_whatever_px_norm(digits,
     # px_norm is PX's option; SNIP and GraSP see the network as it trains (running statistics at initialization
     # would leave a deep ResNet unnormalized).
     scores = []
-    for norm in ("running", "gated"):
+    for norm in ("running", "batch"):
         pruner = PXPruner(small_model("resnet"), PXConfig(sparsity=0.5, scorer=scorer, examples_per_class=2,
                                                           px_norm=norm))
         pruner.prune(digits, progress=False)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import DataError, HubError, PXError
 from .shared import add_config_options, config_from_args, image_transform, load_pruner, offline
@@ -61,8 +61,17 @@ def _fashion_mnist(split: str, size: int):
     return load_fashion_mnist(split, image_size=size)
 
 
-# --data names px_hf reads itself: (loader(split, image size) -> (images, labels), description). Both have 10 classes.
-BUILTIN_DATA = {"digits": (_digits, "scikit-learn digits"), "fashion-mnist": (_fashion_mnist, "Fashion-MNIST")}
+def _fashion_mnist_classes() -> list[str]:
+    from ..fashion_mnist import FASHION_MNIST_CLASSES
+
+    return list(FASHION_MNIST_CLASSES)
+
+
+# --data names px_hf reads itself: (loader(split, image size) -> (images, labels), description, class names).
+BUILTIN_DATA = {
+    "digits": (_digits, "scikit-learn digits", lambda: [str(d) for d in range(10)]),
+    "fashion-mnist": (_fashion_mnist, "Fashion-MNIST", _fashion_mnist_classes),
+}
 
 
 def _positive_int(text: str) -> int:
@@ -78,12 +87,13 @@ def _model_input_spec(model, default_size: int) -> tuple[int, int]:
     return getattr(config, "num_channels", 3), size if isinstance(size, int) else size[0]
 
 
-def _check_data(args) -> int:
-    """Check ``--data`` before any model is built; return its number of classes (10 when unknown)."""
-    from ..data import image_folder_classes
+def _open_data(args) -> tuple[Any, Optional[list[str]]]:
+    """Check and open ``--data`` before any model is built: ``(dataset, class names)``. The dataset is ``None``
+    for the built-in sets (read later at the model's image size); the names are ``None`` for unlabeled data."""
+    from ..data import dataset_class_names, image_folder_classes
 
     if args.data in BUILTIN_DATA:
-        return 10
+        return None, BUILTIN_DATA[args.data][2]()
     if os.path.isdir(args.data):
         classes = image_folder_classes(args.data)
         if len(classes) < 2 and args.examples_per_class:
@@ -91,30 +101,31 @@ def _check_data(args) -> int:
                 f"the image folder {args.data} has {len(classes)} class sub-director{'y' if classes else 'ies'} "
                 f"{classes}; a class-balanced pruning set needs one sub-directory per class (two or more), or "
                 "--examples-per-class 0 to use every image without labels")
-        return max(len(classes), 1)
+        return _load_dataset(args, "imagefolder", data_dir=args.data), classes or None
     if os.path.exists(args.data):
         raise DataError(f"--data {args.data!r} is a file; give 'digits', an image folder or a datasets name")
     if offline():
         raise DataError(f"--data {args.data!r}: no such folder, and the Hub is offline (HF_HUB_OFFLINE=1), so it "
                         "cannot be a datasets name either")
-    return 10
+    dataset = _load_dataset(args, args.data)
+    return dataset, dataset_class_names(dataset)
 
 
-def _load_data(args, model):
-    """Returns ``(data, prune keyword arguments, description)``."""
-    channels, size = _model_input_spec(model, args.image_size)
-    if args.data in BUILTIN_DATA:
-        images, labels = BUILTIN_DATA[args.data][0](args.split, size)
-        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, BUILTIN_DATA[args.data][1]
+def _load_dataset(args, *names: str, **kwargs: Any):
     from datasets import load_dataset
 
     try:
-        if os.path.isdir(args.data):
-            dataset = load_dataset("imagefolder", data_dir=args.data, split=args.split)
-        else:
-            dataset = load_dataset(args.data, split=args.split)
+        return load_dataset(*names, split=args.split, **kwargs)
     except (OSError, ValueError, ConnectionError) as err:  # datasets' errors for missing or unreadable data
         raise DataError(f"cannot load --data {args.data!r} (split {args.split!r}): {type(err).__name__}: {err}") from err
+
+
+def _prepare_data(args, dataset: Any, model):
+    """Returns ``(data, prune keyword arguments, description)``."""
+    if dataset is None:
+        channels, size = _model_input_spec(model, args.image_size)
+        images, labels = BUILTIN_DATA[args.data][0](args.split, size)
+        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, BUILTIN_DATA[args.data][1]
     try:
         from transformers import AutoImageProcessor
 
@@ -138,10 +149,14 @@ def prune_command(args: argparse.Namespace) -> int:
     if args.push_to_hub and offline():
         raise PXError(f"--push-to-hub {args.push_to_hub}: the Hub is offline (HF_HUB_OFFLINE=1); save locally and "
                       "push later")
-    num_labels = _check_data(args)
-    pruner = load_pruner(args.model, config, num_labels=num_labels, image_size=args.image_size, seed=config.seed)
+    from ..zoo import FAMILIES
+
+    dataset, classes = _open_data(args)
+    # A built-in family gets a head for the data's classes; a saved or Hub model keeps its own.
+    labels = classes if args.model in FAMILIES else None
+    pruner = load_pruner(args.model, config, labels=labels, image_size=args.image_size, seed=config.seed)
     model = pruner.model
-    data, data_kwargs, description = _load_data(args, model)
+    data, data_kwargs, description = _prepare_data(args, dataset, model)
     already = f", from its masks at {pruner.summary().density:.2%} density" if pruner.masks else ""
     say(f"Pruning {type(model).__name__} ({args.model}) with {config.scorer} to {config.sparsity:.2%} sparsity "
         f"in {config.num_rounds} round(s) on {description}{already}"

@@ -25,18 +25,19 @@ class LinearizedPasses:
 
     Args:
         model: the module to instrument.
-        norm: ``"gated"`` (BatchNorm on batch statistics in the real pass) or ``"running"`` (running statistics).
+        norm: ``"running"`` (BatchNorm on its running statistics in the real pass) or ``"batch"`` (batch statistics).
         activation: ``"gated"`` (gate ``phi(z)/z``) or ``"binary"`` (``1[z > 0]``).
         rescale_blocks: divide residual blocks' outputs by a detached scalar in the linear modes.
         branch_share: in the path mode, scale every residual branch to this multiple of the mean magnitude of its
             block's input stream; ``"initial"``: to the multiple it has in the first path pass; ``"floored"``: as
             ``"initial"``, but from the second path pass on no share is below the median of those first shares;
-            ``None``: leave branches as they are. (:class:`~px_hf.PXConfig` defaults: ``norm="running"``,
-            ``branch_share="floored"``; these defaults are the plain passes.)
+            ``None``: leave branches as they are.
+
+    The defaults are :class:`~px_hf.PXConfig`'s.
     """
 
-    def __init__(self, model: nn.Module, norm: str = "gated", activation: str = "gated", rescale_blocks: bool = True,
-                 branch_share: Optional[Union[float, str]] = None):
+    def __init__(self, model: nn.Module, norm: str = "running", activation: str = "gated", rescale_blocks: bool = True,
+                 branch_share: Optional[Union[float, str]] = "floored"):
         self.model = model
         self.norm = norm
         self.activation = activation
