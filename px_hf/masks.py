@@ -81,9 +81,12 @@ def _top_k(
         tied = [torch.nonzero(_flat(s == threshold)).reshape(-1) for s in scores]
         owner = torch.cat([torch.full_like(t, i) for i, t in enumerate(tied)])
         pick = torch.randperm(owner.numel(), generator=generator, device="cpu").to(owner.device)[:missing]
-        positions = torch.cat(tied)[pick]
-        for i in torch.unique(owner[pick]).tolist():
-            _flat(chosen[i])[positions[owner[pick] == i]] = True
+        # Grouped by tensor in one sort: one scatter per tensor, not one scan of all picks per tensor.
+        picked_owner, order = torch.sort(owner[pick], stable=True)
+        positions = torch.cat(tied)[pick][order]
+        counts = torch.bincount(picked_owner, minlength=len(scores)).tolist()
+        for i, chunk in enumerate(positions.split(counts)):
+            _flat(chosen[i])[chunk] = True
     return chosen
 
 

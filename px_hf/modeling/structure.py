@@ -130,7 +130,7 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
             continue
         for child_name, child in container.named_children():
             composite = not isinstance(child, PRUNABLE_LAYER_TYPES) and _has_path_weights(child)
-            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(("Layer", "Block"))
+            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(("Layer", "Block", "Residual"))
             if composite and sequential:
                 found[f"{name}.{child_name}" if name else child_name] = child
     return [m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)]

@@ -48,7 +48,7 @@ class ActivationRule(Rule):
             return None
         if passes.mode == "data":
             gate = passes.take(module)
-            # Gates are stored as bool to save memory; multiplying by a bool tensor is several times slower
-            # on CPU than converting it first.
-            return z * (gate.to(z.dtype) if gate.dtype == torch.bool else gate)
+            # Binary gates are stored as bool to save memory. On CPU, multiplying by their uint8 view is about
+            # 2.5x faster than converting them to z's dtype first (and much faster than torch.where).
+            return z * (gate.view(torch.uint8) if gate.dtype == torch.bool else gate)
         return z
