@@ -27,8 +27,6 @@ FAILS_TO_SCORE: dict[str, str] = {}
 # refuses the model (the baselines still prune it). Measured with the check of px_hf.modeling.passes.linearity.
 NOT_LINEAR: dict[str, str] = {
     "focalnet": "FocalNetModulation (focal modulation product)",
-    "hiera": "HieraMaskUnitAttention (inline softmax attention)",
-    "levit": "LevitAttentionSubsample (inline softmax attention with attention biases)",
     "mobilevitv2": "MobileViTV2LinearSelfAttention (softmax context scores)",
     "swiftformer": "SwiftFormerEfficientAdditiveAttention (additive attention with a normalized query)",
 }
@@ -41,6 +39,9 @@ COLLAPSES: dict[str, str] = {
     "data2vec-vision": "1 of 14 layers (the patch embedding)",
     "donut-swin": "6 of 15 layers (the first block, which in swin keeps 0.1-0.4% of its weights)",
     "hgnet_v2": "6 of 15 layers (stem convolutions)",
+    "hiera": "1 of 11 layers (the fused query-key-value projection of the second stage's first block)",
+    "levit": "11 of 18 layers (every residual branch: attention and MLP; the subsampling attention and the patch "
+             "embedding stay)",
     "mobilenet_v2": "30 of 53 layers (all three convolutions of every inverted residual with a skip connection)",
     "mobilevit": "24 of 90 layers (inverted-residual convolutions; scored in float64: its data pass overflows float32)",
     "perceiver": "1 of 21 layers (the position projection, whose output is added to the inputs: no path through it)",

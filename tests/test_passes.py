@@ -140,7 +140,8 @@ def test_squeeze_excitation_gate_is_replayed_in_the_data_pass():
     model = _gated_net()
     x = torch.randn(5, 3, 6, 6)
     model(x)  # materializes the lazy layer
-    with LinearizedPasses(model, norm="batch", rescale_blocks=False, branch_share=None) as passes:  # no common factor on the block's output
+    # No rescaling: the block's output would get a common factor.
+    with LinearizedPasses(model, norm="batch", rescale_blocks=False, branch_share=None) as passes:
         params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
         check_data_pass_linear(passes, model, x, params)
         with torch.no_grad(), passes.run("real"):
@@ -214,3 +215,49 @@ def test_the_passes_default_to_pxconfig_defaults():
     config = PXConfig()
     assert (defaults["norm"], defaults["activation"], defaults["rescale_blocks"], defaults["branch_share"]) == (
         config.px_norm, config.px_activation, config.px_rescale_blocks, config.px_branch_share)
+
+
+class _InlineAttention(nn.Module):
+    """Single-head attention whose softmax is written inline, with no dropout module after it (as LeViT's)."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, 3, bias=False)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        probs = (q @ k.transpose(1, 2)).softmax(dim=-1)
+        return self.out((probs @ v).mean(1))
+
+
+def test_an_inline_softmax_without_dropout_is_caught_at_the_call():
+    torch.manual_seed(0)
+    model, x = _InlineAttention(), torch.randn(4, 5, 8)
+    with LinearizedPasses(model, branch_share=None) as passes:
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, x, params)  # would raise without catching the softmax
+        assert passes.inline_softmax is not None
+        with torch.no_grad():
+            with passes.run("real"):
+                model(x)
+            with passes.run("data"):
+                data = model(x * x)
+            with passes.run("path"):
+                q, k, v = model.qkv(torch.ones(1, 5, 8)).chunk(3, dim=-1)
+                uniform = (q @ k.transpose(1, 2)).softmax(dim=-1)
+        assert torch.equal(uniform, torch.full((1, 5, 5), 0.2))
+        # Replaying the real probabilities makes the data pass linear in its input.
+        with torch.no_grad():
+            with passes.run("real"):
+                model(x)
+            with passes.run("data"):
+                doubled = model(2 * x * x)
+        torch.testing.assert_close(doubled, 2 * data)
+
+
+def test_the_softmax_catcher_stays_off_where_rules_suffice(digits):
+    model = small_model("vit", attn_implementation="eager")
+    with LinearizedPasses(model) as passes:
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, digits[0][:2], params)
+        assert passes.inline_softmax is None

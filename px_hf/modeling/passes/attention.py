@@ -4,16 +4,18 @@ pass.
 Attention that dispatches through transformers' ``AttentionInterface`` goes through :func:`attention`, registered
 under :data:`ATTENTION_IMPLEMENTATION` only while some :class:`LinearizedPasses` is active (see
 :func:`routed_attention`): importing px_hf changes nothing in transformers. Attention that computes its softmax
-inline is caught where its probabilities pass through its dropout module (:class:`InlineAttentionRule`).
+inline is caught where its probabilities pass through its dropout module (:class:`InlineAttentionRule`), or, when
+it has none (LeViT, Hiera), at the softmax call itself (:class:`InlineSoftmax`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..structure import is_attention_dropout
 from .base import Rule
@@ -67,7 +69,8 @@ def attention(passes: "LinearizedPasses", module, query, key, value, attention_m
         logits = torch.matmul(query, key.transpose(2, 3)) * scaling
         if attention_mask is not None:
             logits = logits + attention_mask
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+        with passes.inline_softmax.paused() if passes.inline_softmax is not None else nullcontext():
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
         if passes.mode == "real":
             passes.keep(module, probs.detach())
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
@@ -88,3 +91,45 @@ class InlineAttentionRule(Rule):
         if passes.mode == "data":
             return passes.take(module).to(z.dtype)
         return torch.full_like(z, 1.0 / z.shape[-1])
+
+
+_SOFTMAX = (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax, torch.special.softmax)
+
+
+class InlineSoftmax(TorchFunctionMode):
+    """Every softmax the model calls outside a rule, caught at the call: real pass, record the probabilities; data
+    pass, the recorded ones (matched by call order); path and synflow, uniform ones over the softmax's dimension.
+
+    It makes attention that computes its softmax inline without a dropout module linear in the data pass. It costs
+    a Python call per torch operation, so :func:`~.linearity.check_data_pass_linear` turns it on only for models
+    whose data pass is not linear without it.
+    """
+
+    def __init__(self, passes: "LinearizedPasses"):
+        super().__init__()
+        self.passes = passes
+        self._paused = 0
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Let softmax calls through untouched (px_hf's own attention records its probabilities itself)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        passes = self.passes
+        if func not in _SOFTMAX or self._paused or passes.mode == "off" or passes.replacing:
+            return func(*args, **kwargs)
+        if passes.mode == "real":
+            out = func(*args, **kwargs)
+            passes.keep(InlineSoftmax, out.detach())
+            return out
+        logits = args[0]
+        if passes.mode == "data":
+            return passes.take(InlineSoftmax).to(logits.dtype)
+        dim = kwargs["dim"] if "dim" in kwargs else args[1]
+        return torch.full_like(logits, 1.0 / logits.shape[dim])

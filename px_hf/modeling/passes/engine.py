@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Iterator, Optional, Union
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from ..io import evaluating
 from ..structure import uses_attention_interface
-from .attention import routed_attention
+from .attention import InlineSoftmax, routed_attention
 from .normalization import NormRule
 from .residual import ResidualScaling
 from .base import Rule
@@ -60,6 +60,8 @@ class LinearizedPasses:
         self._cursor: dict[nn.Module, int] = {}
         self._inputs: dict[nn.Module, torch.Tensor] = {}
         self._replacing = 0  # depth of modules whose output a rule is computing: their insides run unhooked
+        # Catches inline softmax calls in the passes once enable_inline_softmax() is called (None: off).
+        self.inline_softmax: Optional[InlineSoftmax] = None
         self._exit: Optional[ExitStack] = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -84,6 +86,15 @@ class LinearizedPasses:
         stack, self._exit = self._exit, None
         stack.close()
 
+    @property
+    def replacing(self) -> bool:
+        """Whether a rule is computing the output of the module now running (whose insides then run unhooked)."""
+        return self._replacing > 0
+
+    def enable_inline_softmax(self, enabled: bool = True) -> None:
+        """Catch the softmax calls of the passes (see :class:`~.attention.InlineSoftmax`), or stop catching them."""
+        self.inline_softmax = InlineSoftmax(self) if enabled else None
+
     @contextmanager
     def run(self, mode: str, record: bool = True) -> Iterator["LinearizedPasses"]:
         """Run the forward passes inside the block in ``mode`` (``real``, ``data``, ``path`` or ``synflow``)."""
@@ -92,7 +103,8 @@ class LinearizedPasses:
         if mode == "real" and record:
             self._records.clear()  # a data pass replays the latest real pass, never a stale one
         try:
-            yield self
+            with self.inline_softmax if self.inline_softmax is not None else nullcontext():
+                yield self
         finally:
             self.residual.end_of_pass(mode)
             self.mode = "off"

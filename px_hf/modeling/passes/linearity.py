@@ -45,11 +45,16 @@ def check_data_pass_linear(passes, model: nn.Module, inputs: Optional[torch.Tens
     data); ``params`` the data-pass parameters; ``all_reduce`` (``tensors, op``) makes every process raise together.
     Costs a real and a data pass on eight examples (and two more to name the module when the check fails).
     """
-    error, culprit = _nonlinearity(passes, model, inputs, params) if inputs is not None else (0.0, None)
-    if all_reduce is not None:
-        shared = torch.tensor([error], dtype=torch.float64, device=next(iter(params.values())).device)
-        all_reduce([shared], "max")
-        error = float(shared)
+    error, culprit = _shared_error(passes, model, inputs, params, all_reduce)
+    if error > TOLERANCE and passes.inline_softmax is None:
+        # An inline softmax without a dropout module to catch it at (LeViT, Hiera) is the usual cause: catch the
+        # softmax calls themselves, and keep doing so if that makes the data pass linear.
+        passes.enable_inline_softmax()
+        retried, _ = _shared_error(passes, model, inputs, params, all_reduce)
+        if retried > TOLERANCE:
+            passes.enable_inline_softmax(False)
+        else:
+            error = retried
     if error > TOLERANCE:  # NaN (float32 overflow) passes here: PX retries in float64 and checks again
         name, kind = culprit or ("a module of another process's data path", "unknown")
         raise ModelError(
@@ -59,6 +64,17 @@ def check_data_pass_linear(passes, model: nn.Module, inputs: Optional[torch.Tens
             "softmax or a multiplicative gate, for example). The baselines (magnitude, snip, grasp, synflow, random) "
             "can prune it; docs/supported_models.md lists the model types PX supports."
         )
+
+
+def _shared_error(passes, model: nn.Module, inputs: Optional[torch.Tensor], params: Mapping[str, torch.Tensor],
+                  all_reduce) -> tuple[float, Optional[tuple[str, str]]]:
+    """The largest error over all processes, and this process's culprit."""
+    error, culprit = _nonlinearity(passes, model, inputs, params) if inputs is not None else (0.0, None)
+    if all_reduce is not None:
+        shared = torch.tensor([error], dtype=torch.float64, device=next(iter(params.values())).device)
+        all_reduce([shared], "max")
+        error = float(shared)
+    return error, culprit
 
 
 def _nonlinearity(passes, model: nn.Module, inputs: torch.Tensor,
