@@ -57,10 +57,12 @@ def _kth_largest(scores: list[torch.Tensor], k: int) -> torch.Tensor:
 
 
 def _top_k(
-    scores: list[torch.Tensor], live: list[torch.Tensor], k: int, generator: Optional[torch.Generator]
+    scores: list[torch.Tensor], live: list[torch.Tensor], k: int, generator: Optional[torch.Generator],
+    overwrite: bool = False,
 ) -> list[torch.Tensor]:
     """Masks selecting exactly ``k`` of the live entries with the largest scores, across tensors; ties at the
-    threshold are chosen at random (seeded by ``generator``) so they never change the count."""
+    threshold are chosen at random (seeded by ``generator``) so they never change the count. With ``overwrite``
+    the dead entries of ``scores`` are set to ``-inf`` in place instead of in a copy."""
     available = sum(int(torch.count_nonzero(m)) for m in live)
     if k >= available:
         return [m.clone() for m in live]
@@ -72,7 +74,8 @@ def _top_k(
     dtype = torch.float32
     for s in scores:
         dtype = torch.promote_types(dtype, s.dtype)
-    scores = [s.to(dtype).masked_fill(~m, -math.inf) for s, m in zip(scores, live)]
+    scores = [s.masked_fill_(~m, -math.inf) if overwrite and s.dtype == dtype else
+              s.to(dtype).masked_fill(~m, -math.inf) for s, m in zip(scores, live)]
     threshold = _kth_largest(scores, k)
     chosen = [s >= threshold for s in scores]
     if sum(int(torch.count_nonzero(c)) for c in chosen) > k:  # ties at the threshold: only some of them stay
@@ -104,17 +107,21 @@ def select_masks(
     density: float,
     scope: str = "global",
     generator: Optional[torch.Generator] = None,
+    overwrite_scores: bool = False,
 ) -> Masks:
     """New masks keeping ``density`` of all weights by score; weights already pruned stay pruned.
 
     ``scope="global"`` keeps exactly ``round(density * total)`` weights with one threshold across tensors;
-    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor.
+    ``scope="layer"`` keeps ``round(density * numel)`` in every tensor. ``overwrite_scores=True`` lets the selection
+    set the scores of pruned weights to ``-inf`` in place, saving a copy of all the scores.
     """
     names = list(masks)
     if scope == "layer":
-        return {n: _top_k([scores[n]], [masks[n]], round(density * masks[n].numel()), generator)[0] for n in names}
+        return {n: _top_k([scores[n]], [masks[n]], round(density * masks[n].numel()), generator, overwrite_scores)[0]
+                for n in names}
     total = sum(masks[n].numel() for n in names)
-    chosen = _top_k([scores[n] for n in names], [masks[n] for n in names], round(density * total), generator)
+    chosen = _top_k([scores[n] for n in names], [masks[n] for n in names], round(density * total), generator,
+                    overwrite_scores)
     return dict(zip(names, chosen))
 
 

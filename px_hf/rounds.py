@@ -125,7 +125,9 @@ def _rounds(model, prunable, masks, start, pruning_set, config, process, callbac
                 ctx.cache.clear()
                 scores = _check_scores(config, scorer(ctx), round_index)
             scored = time.perf_counter()
-            masks = select_masks(scores, masks, density, config.scope, generator)
+            # Writing -inf into the scores of pruned weights saves a copy of all scores. It is safe even where a
+            # scorer hands back a parameter's own memory: those weights are zero from apply_masks on.
+            masks = select_masks(scores, masks, density, config.scope, generator, overwrite_scores=True)
             apply_masks(params, masks)
             history.append({"round": round_index, "density": density,
                             "seconds": time.perf_counter() - started, "scoring_seconds": scored - started,

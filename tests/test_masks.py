@@ -103,3 +103,14 @@ def test_float64_scores_below_float32_range_keep_the_exact_count(size):
     chosen = select_masks(scores, masks, 0.46, generator=generator)
     assert sum(int(m.sum()) for m in chosen.values()) == round(0.46 * (size + 30))
     assert bool(chosen["b"].all())  # the 30 positive scores are the largest
+
+
+def test_selection_writes_into_the_scores_only_when_allowed():
+    scores = {"a": torch.tensor([3.0, 1.0, 2.0, 0.5]), "b": torch.tensor([[4.0, 0.1]])}
+    masks = {"a": torch.tensor([True, True, False, True]), "b": torch.tensor([[True, True]])}
+    kept = select_masks(dict(scores), masks, 0.5)
+    assert torch.equal(scores["a"], torch.tensor([3.0, 1.0, 2.0, 0.5]))  # untouched by default
+    written = select_masks(scores, masks, 0.5, overwrite_scores=True)
+    assert all(torch.equal(kept[n], written[n]) for n in masks)
+    assert scores["a"][2] == -float("inf") and scores["a"][0] == 3.0
+

@@ -62,7 +62,8 @@ def register_scorer(name: str, function: Callable, *, needs_data: bool = True, n
     """Make ``function`` available as ``PXConfig(scorer=name)``.
 
     ``function(ctx)`` receives a :class:`~px_hf.scoring.ScoringContext` and returns a score tensor per name in
-    ``ctx.prunable`` (larger is kept). The keyword arguments are the facts of :class:`ScorerInfo`. A model pruned
+    ``ctx.prunable`` (larger is kept; the round loop sets the returned scores of pruned weights to ``-inf`` in
+    place). The keyword arguments are the facts of :class:`ScorerInfo`. A model pruned
     with it records ``name``; loading that model's config elsewhere needs the same registration.
     """
     if not isinstance(name, str) or not name.isidentifier():
