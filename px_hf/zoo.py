@@ -79,6 +79,10 @@ def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0,
     if model_type not in NAMES:
         raise ModelError(f"{model_type!r} is not an image classification model type of transformers; choose one of "
                          f"{', '.join(sorted(NAMES))}")
+    size = overrides.get("image_size")
+    if isinstance(size, int) and isinstance(getattr(AutoConfig.for_model(model_type), "image_size", None),
+                                            (list, tuple)):
+        overrides["image_size"] = [size, size]  # configs that keep (height, width) reject a single number
     config = AutoConfig.for_model(model_type, **overrides)
     config.num_labels = num_labels
     names = NAMES[model_type]

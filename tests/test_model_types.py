@@ -158,3 +158,10 @@ def test_readme_list_matches_these_results():
     assert listed["PX refuses"] == set(NOT_LINEAR) - unsupported
     assert listed["Prunes and saves, but PX removes whole layers"] == set(COLLAPSES) - unsupported - set(NOT_LINEAR)
     assert listed["Supported"] == set(model_types()) - unsupported - set(COLLAPSES) - set(NOT_LINEAR)
+
+
+def test_an_image_size_override_fits_configs_that_keep_height_and_width():
+    from px_hf.zoo import image_classifier
+
+    model, shape = image_classifier("hiera", image_size=224)  # its config holds [height, width]
+    assert shape == (3, 224, 224) and list(model.config.image_size) == [224, 224]
