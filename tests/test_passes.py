@@ -229,6 +229,10 @@ def test_an_inline_softmax_without_dropout_is_caught_at_the_call():
             uniform = torch.softmax(torch.randn(2, 5, 5), dim=-1)
     torch.testing.assert_close(replayed, probs @ model[1].value(hidden * 3))
     assert torch.equal(uniform, torch.full((2, 5, 5), 0.2))
+    with LinearizedPasses(model, norm="batch", rescale_blocks=False, branch_share=None) as passes:
+        passes.enable_inline_softmax()
+        with torch.no_grad(), passes.run("data"), pytest.raises(RuntimeError, match="reached InlineSoftmax more often"):
+            model(x)  # no real pass recorded the probabilities to replay
     data = (torch.randn(12, 5, 4), torch.arange(12) % 3)
     pruner = PXPruner(model, PXConfig(sparsity=0.5, rounds=2, examples_per_class=None))
     pruner.prune(data, progress=False)

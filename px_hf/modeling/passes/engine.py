@@ -112,12 +112,13 @@ class LinearizedPasses:
             self._replacing = 0
 
     # ------------------------------------------------------------------------------------------------ records
-    def keep(self, module: nn.Module, value) -> None:
-        """Record ``value`` for ``module`` in the real pass (for the data pass on the same inputs)."""
+    def keep(self, module, value) -> None:
+        """Record ``value`` for ``module`` (or another key, e.g. :class:`InlineSoftmax` for the softmax calls) in the
+        real pass, for the data pass on the same inputs."""
         if self.record:
             self._records.setdefault(module, []).append(value)
 
-    def take(self, module: nn.Module):
+    def take(self, module):
         """The next record of ``module`` from the real pass (a module may run more than once per forward)."""
         index = self._cursor.get(module, 0)
         self._cursor[module] = index + 1
@@ -125,7 +126,8 @@ class LinearizedPasses:
             return self._records[module][index]
         except (KeyError, IndexError):
             raise RuntimeError(
-                f"the data pass reached {type(module).__name__} more often than the real pass did; "
+                f"the data pass reached {getattr(module, '__name__', type(module).__name__)} more often than the "
+                "real pass did; "
                 "run a real pass on the same inputs first"
             ) from None
 
