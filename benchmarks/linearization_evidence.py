@@ -22,7 +22,7 @@ import torch
 
 from px_hf import PXConfig, PXPruner
 from px_hf.digits import load_digits
-from px_hf.zoo import small_model
+from px_hf.zoo import imagenet_model, small_model
 
 
 def _overlap(a: dict, b: dict) -> float:
@@ -35,7 +35,7 @@ def rescaling(results: dict) -> None:
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     for family in ("vit", "resnet"):
         for rescale in (False, True):
-            model = small_model(family, size="base", image_size=224, num_channels=3, num_labels=1000)
+            model = imagenet_model(family)
             pruner = PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None,
                                               px_rescale_blocks=rescale))
             try:
