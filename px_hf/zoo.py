@@ -8,7 +8,6 @@ from transformers import (
     ViTConfig, ViTForImageClassification,
 )
 
-FAMILIES = ("vit", "convnext", "resnet")
 # The tiny models used on digits: 26, 13 and 16 prunable layers.
 _SMALL = {
     "vit": dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
@@ -18,6 +17,7 @@ _SMALL = {
 }
 _CLASSES = {"vit": (ViTConfig, ViTForImageClassification), "convnext": (ConvNextConfig, ConvNextForImageClassification),
             "resnet": (ResNetConfig, ResNetForImageClassification)}
+FAMILIES = tuple(_CLASSES)
 
 
 def small_model(family: str, num_labels: int = 10, image_size: int = 32, num_channels: int = 1, seed: int = 0,
@@ -91,6 +91,7 @@ def image_classifier(model_type: str, num_labels: int = 10, seed: int = 0,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config).eval()
-    size = getattr(getattr(config, "vision_config", config), "image_size", None) or 32
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return model, (getattr(config, "num_channels", 3), size, size)
+    from .modeling.io import image_input_spec
+
+    channels, size = image_input_spec(model)
+    return model, (channels, size, size)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..errors import DataError, HubError, PXError
 from .shared import add_config_options, config_from_args, image_transform, load_pruner, offline
@@ -67,10 +67,17 @@ def _fashion_mnist_classes() -> list[str]:
     return list(FASHION_MNIST_CLASSES)
 
 
-# --data names px_hf reads itself: (loader(split, image size) -> (images, labels), description, class names).
+class BuiltinData(NamedTuple):
+    """A ``--data`` name px_hf reads itself."""
+
+    load: Callable[[str, int], tuple]  # (split, image size) -> (images, labels)
+    description: str
+    classes: Callable[[], list[str]]
+
+
 BUILTIN_DATA = {
-    "digits": (_digits, "scikit-learn digits", lambda: [str(d) for d in range(10)]),
-    "fashion-mnist": (_fashion_mnist, "Fashion-MNIST", _fashion_mnist_classes),
+    "digits": BuiltinData(_digits, "scikit-learn digits", lambda: [str(d) for d in range(10)]),
+    "fashion-mnist": BuiltinData(_fashion_mnist, "Fashion-MNIST", _fashion_mnist_classes),
 }
 
 
@@ -81,19 +88,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _model_input_spec(model, default_size: int) -> tuple[int, int]:
-    config = getattr(model, "config", None)
-    size = getattr(config, "image_size", default_size)
-    return getattr(config, "num_channels", 3), size if isinstance(size, int) else size[0]
-
-
 def _open_data(args) -> tuple[Any, Optional[list[str]]]:
     """Check and open ``--data`` before any model is built: ``(dataset, class names)``. The dataset is ``None``
     for the built-in sets (read later at the model's image size); the names are ``None`` for unlabeled data."""
     from ..data import dataset_class_names, image_folder_classes
 
     if args.data in BUILTIN_DATA:
-        return None, BUILTIN_DATA[args.data][2]()
+        return None, BUILTIN_DATA[args.data].classes()
     if os.path.isdir(args.data):
         classes = image_folder_classes(args.data)
         if len(classes) < 2 and args.examples_per_class:
@@ -123,9 +124,12 @@ def _load_dataset(args, *names: str, **kwargs: Any):
 def _prepare_data(args, dataset: Any, model):
     """Returns ``(data, prune keyword arguments, description)``."""
     if dataset is None:
-        channels, size = _model_input_spec(model, args.image_size)
-        images, labels = BUILTIN_DATA[args.data][0](args.split, size)
-        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, BUILTIN_DATA[args.data][1]
+        from ..modeling.io import image_input_spec
+
+        channels, size = image_input_spec(model, args.image_size)
+        builtin = BUILTIN_DATA[args.data]
+        images, labels = builtin.load(args.split, size)
+        return (images.expand(-1, channels, -1, -1).contiguous(), labels), {}, builtin.description
     try:
         from transformers import AutoImageProcessor
 

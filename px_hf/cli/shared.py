@@ -77,24 +77,18 @@ def offline() -> bool:
 
 
 def load_pruner(name: str, config: Optional[PXConfig] = None, labels: Optional[list[str]] = None,
-                num_labels: int = 10, image_size: int = 32, seed: int = 0, option: str = "--model",
-                **from_pretrained: Any):
+                image_size: int = 32, seed: int = 0, option: str = "--model", **from_pretrained: Any):
     """A :class:`~px_hf.PXPruner` around ``name``: ``vit``/``convnext``/``resnet`` (a small model built from a
     config), a local directory or a Hub id (a pruned model comes back with its masks). ``labels`` names the classes
     (a new label set for a pre-trained model needs ``ignore_mismatched_sizes=True``); ``option`` names the
-    command-line option in errors."""
+    command-line option in errors. A built model without ``labels`` gets a 10-way head."""
     from ..pruner import PXPruner
     from ..zoo import FAMILIES, small_model
 
-    label_maps = {}
-    if labels is not None:
-        num_labels = len(labels)
-        label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    heads = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                                       "label2id": {n: i for i, n in enumerate(labels)}}
     if name in FAMILIES:
-        model = small_model(name, num_labels=num_labels, image_size=image_size, seed=seed)
-        for key, value in label_maps.items():
-            setattr(model.config, key, value)
-        return PXPruner(model, config)
+        return PXPruner(small_model(name, image_size=image_size, seed=seed, **heads), config)
     if not os.path.isdir(name):
         if os.path.exists(name):
             raise PXError(f"{option} {name!r} is a file; give a directory holding a model, a Hub id, or "
@@ -102,8 +96,7 @@ def load_pruner(name: str, config: Optional[PXConfig] = None, labels: Optional[l
         if offline():
             raise PXError(f"{option} {name!r} is neither a built-in family ({', '.join(FAMILIES)}) nor a local "
                           "directory, and the Hub is offline (HF_HUB_OFFLINE=1)")
-    kwargs = dict(from_pretrained, **({"num_labels": num_labels, **label_maps} if labels is not None else {}))
-    return PXPruner.from_pretrained(name, config, **kwargs)
+    return PXPruner.from_pretrained(name, config, **from_pretrained, **heads)
 
 
 def image_transform(model, processor: Any = None) -> Callable:
@@ -113,10 +106,9 @@ def image_transform(model, processor: Any = None) -> Callable:
     import torch
     import torch.nn.functional as F
 
-    config = getattr(model, "config", None)
-    channels = getattr(config, "num_channels", 3)
-    size = getattr(config, "image_size", 32)
-    size = size if isinstance(size, int) else size[0]
+    from ..modeling.io import image_input_spec
+
+    channels, size = image_input_spec(model)
     mode = "L" if channels == 1 else "RGB"
 
     def transform(image):

@@ -15,6 +15,15 @@ def _main_input_name(model: nn.Module) -> Optional[str]:
     return getattr(model, "main_input_name", None)
 
 
+def image_input_spec(model: nn.Module, default_size: int = 32) -> tuple[int, int]:
+    """``(channels, side)`` of the images ``model`` takes, read from its config (the vision config of a model that
+    has one, as CLIP's); 3 channels and ``default_size`` where the config says nothing."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", config)
+    size = getattr(config, "image_size", None) or default_size
+    return getattr(config, "num_channels", 3), size if isinstance(size, int) else size[0]
+
+
 def output_tensor(output) -> torch.Tensor:
     """The logits (or the only tensor) of a model's output: ModelOutput, tuple or tensor."""
     if isinstance(output, torch.Tensor):

@@ -116,12 +116,16 @@ def _has_path_weights(module: nn.Module) -> bool:
     return any(isinstance(m, PRUNABLE_LAYER_TYPES) for m in module.modules())
 
 
+# Class names of the blocks transformers iterates in a ModuleList (MobileNetV2's are ...InvertedResidual).
+_BLOCK_SUFFIXES = ("Layer", "Block", "Residual")
+
+
 def residual_blocks(model: nn.Module) -> list[nn.Module]:
     """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
 
     These are composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like
-    transformer/ConvNeXt blocks (``...Layer``/``...Block``), which transformers iterates in sequence. Only the
-    outermost are kept: a Sequential inside a block is a residual branch, and scaling a branch alone is not a
+    transformer, ConvNeXt or MobileNetV2 blocks (``...Layer``, ``...Block``, ``...Residual``), which transformers
+    iterates in sequence. Only the outermost are kept: a Sequential inside a block is a residual branch, and scaling a branch alone is not a
     common factor.
     """
     found: dict[str, nn.Module] = {}
@@ -130,7 +134,7 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
             continue
         for child_name, child in container.named_children():
             composite = not isinstance(child, PRUNABLE_LAYER_TYPES) and _has_path_weights(child)
-            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(("Layer", "Block", "Residual"))
+            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(_BLOCK_SUFFIXES)
             if composite and sequential:
                 found[f"{name}.{child_name}" if name else child_name] = child
     return [m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)]

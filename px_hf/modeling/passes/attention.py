@@ -93,7 +93,9 @@ class InlineAttentionRule(Rule):
         return torch.full_like(z, 1.0 / z.shape[-1])
 
 
-_SOFTMAX = (torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax, torch.special.softmax)
+# Looked up on every torch call while the mode is on.
+_SOFTMAX = frozenset((torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax,
+                      torch.special.softmax))
 
 
 class InlineSoftmax(TorchFunctionMode):
