@@ -120,24 +120,45 @@ def _has_path_weights(module: nn.Module) -> bool:
 _BLOCK_SUFFIXES = ("Layer", "Block", "Residual")
 
 
-def residual_blocks(model: nn.Module) -> list[nn.Module]:
-    """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
-
-    These are composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like
-    transformer, ConvNeXt or MobileNetV2 blocks (``...Layer``, ``...Block``, ``...Residual``), which transformers
-    iterates in sequence. Only the outermost are kept: a Sequential inside a block is a residual branch, and scaling a branch alone is not a
-    common factor.
-    """
-    found: dict[str, nn.Module] = {}
+def _block_candidates(model: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
+    """Composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like transformer,
+    ConvNeXt or MobileNetV2 blocks (``...Layer``, ``...Block``, ``...Residual``), which transformers iterates in
+    sequence: name -> (module, whether its container is a ModuleList)."""
+    found: dict[str, tuple[nn.Module, bool]] = {}
     for name, container in model.named_modules():
         if not isinstance(container, (nn.Sequential, nn.ModuleList)):
             continue
+        listed = not isinstance(container, nn.Sequential)
         for child_name, child in container.named_children():
             composite = not isinstance(child, PRUNABLE_LAYER_TYPES) and _has_path_weights(child)
-            sequential = isinstance(container, nn.Sequential) or type(child).__name__.endswith(_BLOCK_SUFFIXES)
-            if composite and sequential:
-                found[f"{name}.{child_name}" if name else child_name] = child
-    return [m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)]
+            if composite and (not listed or type(child).__name__.endswith(_BLOCK_SUFFIXES)):
+                found[f"{name}.{child_name}" if name else child_name] = (child, listed)
+    return found
+
+
+def _inside(name: str, names) -> bool:
+    return any(name.startswith(other + ".") for other in names)
+
+
+def residual_blocks(model: nn.Module) -> list[nn.Module]:
+    """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
+
+    These are the outermost block candidates (composite children of ``nn.Sequential`` containers, and
+    ``nn.ModuleList`` children named like transformer, ConvNeXt or MobileNetV2 blocks): a Sequential inside a
+    block is a residual branch, and scaling a branch alone is not a common factor. Blocks nested in these may carry
+    the whole stream as well; :func:`nested_blocks` lists them for a test on data to decide.
+    """
+    found = _block_candidates(model)
+    return [m for n, (m, _) in found.items() if not _inside(n, found)]
+
+
+def nested_blocks(model: nn.Module) -> list[nn.Module]:
+    """``nn.ModuleList`` blocks inside a :func:`residual_blocks` block (PVT-v2's blocks inside its stages),
+    outermost first. Whether one carries the whole stream or feeds a concatenation or a skip (HGNet-v2's
+    aggregation, MobileViT's fusion) cannot be read from the structure; the linear passes test it on data
+    (``passes/streams.py``)."""
+    found = _block_candidates(model)
+    return [m for n, (m, listed) in found.items() if listed and _inside(n, found)]
 
 
 @dataclass(frozen=True)
@@ -153,16 +174,17 @@ class ResidualBlock:
     branches: tuple[nn.Module, ...]
 
 
+def residual_block(block: nn.Module) -> ResidualBlock:
+    """``block`` with its residual branches."""
+    children = [(n, c) for n, c in block.named_children() if _has_path_weights(c)]
+    if any(isinstance(c, PRUNABLE_LAYER_TYPES) for _, c in children):
+        return ResidualBlock(block, ())
+    return ResidualBlock(block, tuple(c for n, c in children if n not in _SHORTCUT_NAMES))
+
+
 def residual_branches(model: nn.Module) -> list[ResidualBlock]:
     """Every block of :func:`residual_blocks` with its residual branches."""
-    found = []
-    for block in residual_blocks(model):
-        children = [(n, c) for n, c in block.named_children() if _has_path_weights(c)]
-        if any(isinstance(c, PRUNABLE_LAYER_TYPES) for _, c in children):
-            found.append(ResidualBlock(block, ()))
-        else:
-            found.append(ResidualBlock(block, tuple(c for n, c in children if n not in _SHORTCUT_NAMES)))
-    return found
+    return [residual_block(block) for block in residual_blocks(model)]
 
 
 def parameter_roles(model: nn.Module) -> dict[str, Role]:

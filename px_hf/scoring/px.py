@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..modeling.io import forward
-from ..modeling.passes import check_data_pass_linear, pass_parameters
+from ..modeling.passes import admit_stream_blocks, check_data_pass_linear, pass_parameters
 from ..modeling.structure import AttentionWeights, attention_blocks
 from .base import Scores, ScoringContext
 
@@ -97,6 +97,7 @@ def data_term(ctx: ScoringContext) -> torch.Tensor:
                                   bias=ctx.config.px_bias)
     if "linear" not in ctx.cache:  # once, before the first round: never score through an unknown non-linearity
         first = next(iter(ctx.batches), (None, None))[0]
+        admit_stream_blocks(passes, model, first, data_params, ctx.all_reduce)
         check_data_pass_linear(passes, model, first, data_params, ctx.all_reduce)
         ctx.cache["linear"] = True
     z1 = LogScaledSum()

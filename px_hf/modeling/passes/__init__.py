@@ -15,12 +15,14 @@ What a kind of module does in each mode is a :class:`~px_hf.modeling.passes.base
 (``activation.py``, ``normalization.py``, ``pooling.py``, ``gate.py`` for squeeze-excitation), listed in
 ``registry.py``; attention that dispatches through transformers' ``AttentionInterface``
 is in ``attention.py``; residual-block rescaling and branch balancing in ``residual.py``; the transformed
-parameters of each mode in ``parameters.py``; the check that the data pass is really linear in ``linearity.py``.
+parameters of each mode in ``parameters.py``; the check that the data pass is really linear in ``linearity.py``;
+the test that admits a nested block to rescaling in ``streams.py``.
 :class:`LinearizedPasses` (``engine.py``) installs the hooks and dispatches to them.
 """
 
 from .engine import LinearizedPasses
 from .linearity import check_data_pass_linear
 from .parameters import pass_parameters
+from .streams import admit_stream_blocks
 
-__all__ = ["LinearizedPasses", "check_data_pass_linear", "pass_parameters"]
+__all__ = ["LinearizedPasses", "admit_stream_blocks", "check_data_pass_linear", "pass_parameters"]

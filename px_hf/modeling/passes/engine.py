@@ -74,7 +74,8 @@ class LinearizedPasses:
             handles.append(module.register_forward_hook(self._apply_rule))
         for module, rule in self.rules.items():
             handles += rule.setup(module)
-        handles += self.residual.install(self)
+        self.residual.install(self)
+        stack.callback(self.residual.remove)
         stack.callback(lambda: [handle.remove() for handle in handles])
         configs = list({id(m.config): m.config for m in self.attentions}.values())
         stack.enter_context(routed_attention(self, configs))

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ...config import BRANCH_SHARE_RULES
-from ..structure import residual_blocks, residual_branches
+from ..structure import ResidualBlock, nested_blocks, residual_block, residual_blocks, residual_branches
 
 if TYPE_CHECKING:
     from .engine import LinearizedPasses
@@ -35,9 +35,9 @@ def first_tensor(out) -> torch.Tensor:
     return out
 
 
-def _with_first(out, tensor: torch.Tensor):
+def with_first(out, tensor: torch.Tensor):
     """``out`` with its hidden states replaced by ``tensor``."""
-    return (_with_first(out[0], tensor), *out[1:]) if isinstance(out, tuple) else tensor
+    return (with_first(out[0], tensor), *out[1:]) if isinstance(out, tuple) else tensor
 
 
 def magnitude(tensor: torch.Tensor) -> float:
@@ -65,33 +65,55 @@ class ResidualScaling:
 
     def __init__(self, model: nn.Module, rescale_blocks: bool, branch_share: Optional[Union[float, str]]):
         self.blocks = residual_blocks(model) if rescale_blocks else []
+        # Nested blocks that may carry the whole stream: admitted by admit() once a test on data says they do.
+        self.candidates = nested_blocks(model) if rescale_blocks else []
         self.branch_share = branch_share
         self.branched = residual_branches(model) if branch_share is not None else []
-        self._flat = {r.module for r in self.branched if not r.branches}
+        self._flat: set[nn.Module] = set()  # blocks balanced as a whole (no branch module), filled by install
         self._identity_skip: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
         self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
         self._floored = False
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
+        self._handles: list = []
         self.passes: Optional["LinearizedPasses"] = None
 
-    def install(self, passes: "LinearizedPasses") -> list:
-        """Register the hooks; returns their handles."""
+    def install(self, passes: "LinearizedPasses") -> None:
+        """Register the hooks (:meth:`remove` removes them)."""
         self.passes = passes
-        handles = []
         for residual in self.branched:
-            # Registered before the rescaling hook, so a flat block is balanced before its output is rescaled.
-            block = residual.module
-            handles.append(block.register_forward_pre_hook(self._block_input_hook))
-            if residual.branches:
-                for branch in residual.branches:
-                    handles.append(branch.register_forward_hook(
-                        lambda m, a, out, b=block: self._balance_branch(m, b, out)))
-            else:
-                handles.append(block.register_forward_hook(self._balance_flat_block))
+            self._install_balancing(residual)
         for block in self.blocks:
-            handles.append(block.register_forward_hook(self._block_hook))
-        return handles
+            self._handles.append(block.register_forward_hook(self._block_hook))
+
+    def _install_balancing(self, residual: ResidualBlock) -> None:
+        # Registered before the rescaling hook, so a flat block is balanced before its output is rescaled.
+        block = residual.module
+        self._handles.append(block.register_forward_pre_hook(self._block_input_hook))
+        if residual.branches:
+            for branch in residual.branches:
+                self._handles.append(branch.register_forward_hook(
+                    lambda m, a, out, b=block: self._balance_branch(m, b, out)))
+        else:
+            self._handles.append(block.register_forward_hook(self._balance_flat_block))
+            self._flat.add(block)
+
+    def admit(self, blocks: list[nn.Module]) -> None:
+        """Rescale (and balance the branches of) ``blocks``, candidates found to carry the whole stream."""
+        for block in blocks:
+            self.candidates.remove(block)
+            self.blocks.append(block)
+            if self.branch_share is not None:
+                residual = residual_block(block)
+                self.branched.append(residual)
+                self._install_balancing(residual)
+            self._handles.append(block.register_forward_hook(self._block_hook))
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def end_of_pass(self, mode: str) -> None:
         """Forget the pass's streams; after the first path pass, floor the shares (``"floored"``)."""
@@ -125,7 +147,7 @@ class ResidualScaling:
         if self.passes.mode != "path":
             return None
         tensor = first_tensor(out)
-        return _with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
+        return with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
 
     def _balance_flat_block(self, module: nn.Module, args, out):
         """A block without a branch module: its branch is its output minus its identity skip."""
@@ -135,7 +157,7 @@ class ResidualScaling:
         if not self._has_identity_skip(module, skip):
             return None  # a plain stage: without a skip there is no branch to separate
         branch = tensor - skip
-        return _with_first(out, skip + _balanced(branch, self._target(module, module, branch)))
+        return with_first(out, skip + _balanced(branch, self._target(module, module, branch)))
 
     def _has_identity_skip(self, module: nn.Module, x: torch.Tensor) -> bool:
         """Whether ``module`` returns its input when all its parameters are zero (once per module): true of
@@ -161,4 +183,4 @@ class ResidualScaling:
             return None
         self.passes.log_scale += math.log(scale)
         # In the no-grad data pass the block's output has no other user, so it is rescaled in place.
-        return _with_first(out, tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale)
+        return with_first(out, tensor.div_(scale) if not torch.is_grad_enabled() else tensor / scale)
