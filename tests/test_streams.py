@@ -77,3 +77,20 @@ def test_admitting_a_bypassed_block_would_not_be_a_common_factor(monkeypatch):
     # bypasses them, change the scores by far more than a factor.
     monkeypatch.setattr(streams, "_bypassed", lambda passes, model, x, params, candidates: torch.zeros(len(candidates)))
     assert _deviation_from_common_factor("mobilevit") > 0.01
+
+
+def test_every_process_admits_the_same_blocks():
+    # A process without data contributes nothing and admits what the others found; the all-reduce takes the
+    # largest flag, so one process seeing a bypass keeps the block out everywhere.
+    model, _ = tiny_model("pvt_v2")
+    found_elsewhere = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+    def all_reduce(tensors, op):
+        assert op == "max"
+        tensors[0].copy_(torch.maximum(tensors[0], found_elsewhere))
+
+    with LinearizedPasses(model) as passes:
+        first, second = passes.residual.candidates
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        assert admit_stream_blocks(passes, model, None, params, all_reduce) == [first]
+        assert passes.residual.candidates == [second]
