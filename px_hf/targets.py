@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Optional, Sequence
 
 from torch import nn
@@ -11,6 +12,16 @@ from .errors import ModelError
 
 # Weights of these layers carry the network's paths; everything else (biases, norms, embeddings) is never pruned.
 PRUNABLE_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+_PLAIN_CONVOLUTIONS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
+
+
+def standardizes_weight(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution with its own forward and an ``eps``: one that standardizes its weight on
+    every call (BiT's ``WeightStandardizedConv2d``)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and type(module).forward not in _PLAIN_CONVOLUTIONS
+            and isinstance(getattr(module, "eps", None), float))
 
 
 def path_weight_names(model: nn.Module) -> list[str]:
@@ -62,4 +73,13 @@ def resolve_prunable(
         chosen = [n for n in chosen if any(r.search(n) for r in regexes) == keep_if_match]
     if not chosen:
         raise ModelError("include/exclude patterns leave no parameter to prune; loosen them")
+    modules = dict(model.named_modules())
+    standardized = [n for n in chosen if standardizes_weight(modules[n.rpartition(".")[0]])]
+    if standardized:
+        warnings.warn(
+            f"{len(standardized)} of the pruned weights ({standardized[0]}, ...) belong to weight-standardized "
+            "convolutions: a mask zeroes the parameter, but the convolution re-centres its weight on every call, so "
+            "a pruned entry acts as -mean/std. The parameters are exactly sparse; the effective kernels are not.",
+            stacklevel=2,
+        )
     return chosen

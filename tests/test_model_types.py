@@ -36,7 +36,6 @@ COLLAPSES: dict[str, str] = {
     "convnextv2": "3 of 9 layers (the first block, as convnext)",
     "cvt": "33 of 58 layers (the first two stages' blocks, as swin's first block; and in every block the depthwise "
            "convolutions in front of the query and key projections, which feed only the softmax)",
-    "data2vec-vision": "1 of 14 layers (the patch embedding)",
     "donut-swin": "6 of 15 layers (the first block, which in swin keeps 0.1-0.4% of its weights)",
     "hgnet_v2": "6 of 15 layers (stem convolutions)",
     "hiera": "1 of 11 layers (the fused query-key-value projection of the second stage's first block)",
@@ -45,7 +44,7 @@ COLLAPSES: dict[str, str] = {
     "mobilenet_v2": "30 of 53 layers (all three convolutions of every inverted residual with a skip connection)",
     "mobilevit": "24 of 90 layers (inverted-residual convolutions; scored in float64: its data pass overflows float32)",
     "perceiver": "1 of 21 layers (the position projection, whose output is added to the inputs: no path through it)",
-    "poolformer": "1 of 7 layers (the classifier)",
+    "poolformer": "2 of 7 layers (the first block's MLP; at the default config none)",
     "pvt": "7 of 16 layers (the first block, as donut-swin)",
     "pvt_v2": "15 of 18 layers (attention and MLP)",
     "segformer": "15 of 18 layers (attention and MLP)",

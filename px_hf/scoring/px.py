@@ -227,6 +227,35 @@ def px_scores(ctx: ScoringContext) -> Scores:
     finally:
         for buffer in squared.values():
             buffer.requires_grad_(False)
+    if "signs" not in ctx.cache:  # once, on the unpruned network: the structure is what can go wrong
+        _check_signs(ctx, z1, scores)
+        ctx.cache["signs"] = True
     if ctx.config.qk_scores == "value":
         scores = transfer_value_density(scores, ctx, attention_blocks(ctx.model))
     return scores
+
+
+def _check_signs(ctx: ScoringContext, z1: torch.Tensor, scores: Scores) -> None:
+    """Raise :class:`~px_hf.errors.ModelError` when the first round's scores cannot be PX saliencies: all zero
+    (the selection would be a random draw) or negative (the bound sums squares, so every path counts positively)."""
+    from ..errors import ModelError
+
+    model = type(ctx.model).__name__
+    extremes = {n: torch.aminmax(s.detach()) for n, s in scores.items() if s.numel()}
+    top = max((float(e.max) for e in extremes.values()), default=0.0)
+    if top <= 0.0 and not any(float(e.min) < 0 for e in extremes.values()):
+        where = ("its data pass gives a zero output" if not bool(z1.ne(0).any())
+                 else "no path of its path pass reaches the output")
+        raise ModelError(
+            f"PX scores of this {model} are all zero: {where}, so pruning would be a random draw. A module px_hf "
+            "has no pass rule for may centre its weights or inputs (weight standardization, for example). The "
+            "baselines (magnitude, snip, grasp, synflow, random) can prune it."
+        )
+    negative = sorted(n for n, e in extremes.items() if float(e.min) < -1e-6 * top)
+    if negative:
+        raise ModelError(
+            f"PX scores of {len(negative)} weight tensors of this {model} are negative (first: {negative[0]}): "
+            "the network combines paths with a negative fixed coefficient (a subtraction such as pool(x) - x) that "
+            "px_hf has no pass rule for, and the PX bound counts every path positively. The baselines (magnitude, "
+            "snip, grasp, synflow, random) can prune it."
+        )

@@ -12,7 +12,8 @@ Modes:
 - ``synflow``: as ``path`` with norms reduced to ``|gamma|``, for SynFlow's data-free pass.
 
 What a kind of module does in each mode is a :class:`~px_hf.modeling.passes.base.Rule`, one module per kind
-(``activation.py``, ``normalization.py``, ``pooling.py``, ``gate.py`` for squeeze-excitation), listed in
+(``activation.py``, ``normalization.py``, ``pooling.py``, ``gate.py`` for squeeze-excitation, ``convolution.py`` for
+weight standardization), listed in
 ``registry.py``; attention that dispatches through transformers' ``AttentionInterface``
 is in ``attention.py``; residual-block rescaling and branch balancing in ``residual.py``; the transformed
 parameters of each mode in ``parameters.py``; the check that the data pass is really linear in ``linearity.py``;

@@ -5,7 +5,8 @@ Attention that dispatches through transformers' ``AttentionInterface`` goes thro
 under :data:`ATTENTION_IMPLEMENTATION` only while some :class:`LinearizedPasses` is active (see
 :func:`routed_attention`): importing px_hf changes nothing in transformers. Attention that computes its softmax
 inline is caught where its probabilities pass through its dropout module (:class:`InlineAttentionRule`), or, when
-it has none (LeViT, Hiera), at the softmax call itself (:class:`InlineSoftmax`).
+it has none (LeViT, Hiera), at the softmax call itself (:class:`InlineSoftmax`), which also catches attention that
+calls ``torch.nn.functional.scaled_dot_product_attention`` directly (Data2Vec-vision's SDPA attention).
 """
 
 from __future__ import annotations
@@ -96,15 +97,58 @@ class InlineAttentionRule(Rule):
 # Looked up on every torch call while the mode is on.
 _SOFTMAX = frozenset((torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax,
                       torch.special.softmax))
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def _sdpa_probabilities(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                        enable_gqa=False) -> torch.Tensor:
+    """The probabilities ``scaled_dot_product_attention`` applies to its values (eval mode: no dropout)."""
+    if key.shape[-3] != query.shape[-3]:
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        allowed = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
+        logits = logits.masked_fill(~allowed, -torch.inf)
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, -torch.inf) if attn_mask.dtype == torch.bool else logits + attn_mask
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _per_query_head(value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    return value.repeat_interleave(query.shape[-3] // value.shape[-3], -3) if value.shape[-3] != query.shape[-3] \
+        else value
+
+
+class _AttentionKernelProbe(TorchFunctionMode):
+    """Notes whether the model calls ``scaled_dot_product_attention`` itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen = self.seen or func is _SDPA
+        return func(*args, **(kwargs or {}))
+
+
+def calls_attention_kernel(run) -> bool:
+    """Whether ``run()`` (a forward pass) calls ``torch.nn.functional.scaled_dot_product_attention`` directly,
+    attention no rule sees: its probabilities are then caught at the call (:class:`InlineSoftmax`)."""
+    with _AttentionKernelProbe() as probe:
+        run()
+    return probe.seen
 
 
 class InlineSoftmax(TorchFunctionMode):
     """Every softmax the model calls outside a rule, caught at the call: real pass, record the probabilities; data
     pass, the recorded ones (matched by call order); path and synflow, uniform ones over the softmax's dimension.
+    A direct call of ``scaled_dot_product_attention`` is taken apart the same way: its probabilities are recorded,
+    replayed or uniform, and applied to its values.
 
     It makes attention that computes its softmax inline without a dropout module linear in the data pass. It costs
     a Python call per torch operation, so :func:`~.linearity.check_data_pass_linear` turns it on only for models
-    whose data pass is not linear without it.
+    that call the attention kernel themselves or whose data pass is not linear without it.
     """
 
     def __init__(self, passes: "LinearizedPasses"):
@@ -124,8 +168,10 @@ class InlineSoftmax(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         passes = self.passes
-        if func not in _SOFTMAX or self._paused or passes.mode == "off" or passes.replacing:
+        if (func not in _SOFTMAX and func is not _SDPA) or self._paused or passes.mode == "off" or passes.replacing:
             return func(*args, **kwargs)
+        if func is _SDPA:
+            return self._attention(*args, **kwargs)
         if passes.mode == "real":
             out = func(*args, **kwargs)
             passes.keep(InlineSoftmax, out.detach())
@@ -135,3 +181,14 @@ class InlineSoftmax(TorchFunctionMode):
             return passes.take(InlineSoftmax).to(logits.dtype)
         dim = kwargs["dim"] if "dim" in kwargs else args[1]
         return torch.full_like(logits, 1.0 / logits.shape[dim])
+
+    def _attention(self, query, key, value, *args, **kwargs) -> torch.Tensor:
+        passes, value = self.passes, _per_query_head(value, query)
+        if passes.mode in ("path", "synflow"):
+            return value.mean(-2, keepdim=True).expand(*value.shape[:-2], query.shape[-2], value.shape[-1])
+        if passes.mode == "real":
+            probs = _sdpa_probabilities(query, key, value, *args, **kwargs)
+            passes.keep(InlineSoftmax, probs.detach())
+        else:
+            probs = passes.take(InlineSoftmax).to(value.dtype)
+        return torch.matmul(probs, value)

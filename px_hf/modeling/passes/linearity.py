@@ -5,7 +5,9 @@ them. A module that computes a non-linearity no rule knows (a softmax written in
 a focal modulation) makes the data pass non-linear and PX's scores meaningless. Instead of producing such scores
 silently, PX checks additivity and homogeneity, ``z1(u + v) == z1(u) + z1(v)`` and ``z1(4 u) == 4 z1(u)`` under
 the same gates, on two examples before the first round, and names the first module whose output breaks it
-although its input did not.
+although its input did not. A model that calls ``scaled_dot_product_attention`` itself gets its attention caught
+at the call before the test (a softmax saturated by the data pass's large logits is piecewise constant and could
+pass it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from ...errors import ModelError
 from ..io import forward
+from .attention import calls_attention_kernel
 from .residual import first_tensor
 
 # Relative error allowed for float32 rounding: the linear data passes of the covered model types measure 1e-7 to
@@ -45,6 +48,9 @@ def check_data_pass_linear(passes, model: nn.Module, inputs: Optional[torch.Tens
     data); ``params`` the data-pass parameters; ``all_reduce`` (``tensors, op``) makes every process raise together.
     Costs a real and a data pass on eight examples (and two more to name the module when the check fails).
     """
+    if passes.inline_softmax is None and _shared_flag(_calls_kernel(passes, model, inputs), params, all_reduce):
+        # A saturated softmax is piecewise constant and can pass the linearity test: never leave it to the test.
+        passes.enable_inline_softmax()
     error, culprit = _shared_error(passes, model, inputs, params, all_reduce)
     if error > TOLERANCE and passes.inline_softmax is None:
         # An inline softmax without a dropout module to catch it at (LeViT, Hiera) is the usual cause: catch the
@@ -64,6 +70,27 @@ def check_data_pass_linear(passes, model: nn.Module, inputs: Optional[torch.Tens
             "softmax or a multiplicative gate, for example). The baselines (magnitude, snip, grasp, synflow, random) "
             "can prune it; docs/supported_models.md lists the model types PX supports."
         )
+
+
+def _calls_kernel(passes, model: nn.Module, inputs: Optional[torch.Tensor]) -> bool:
+    """Whether the real forward calls ``scaled_dot_product_attention`` itself (one example)."""
+    if inputs is None:
+        return False
+
+    def run():
+        with torch.no_grad(), passes.run("real", record=False):
+            forward(model, inputs[:1])
+
+    return calls_attention_kernel(run)
+
+
+def _shared_flag(flag: bool, params: Mapping[str, torch.Tensor], all_reduce) -> bool:
+    """``flag`` on any process."""
+    if all_reduce is None:
+        return flag
+    shared = torch.tensor([float(flag)], dtype=torch.float64, device=next(iter(params.values())).device)
+    all_reduce([shared], "max")
+    return bool(shared > 0)
 
 
 def _shared_error(passes, model: nn.Module, inputs: Optional[torch.Tensor], params: Mapping[str, torch.Tensor],
