@@ -47,9 +47,9 @@ class WeightStandardizedConvRule(Rule):
 
     def apply(self, passes, module, z, out):
         padded = module.pad(z) if getattr(module, "pad", None) is not None else z
-        standardized, var = _standardized(self._weight[module].detach(), module.eps)
         if passes.mode == "real":
             if module not in self._checked:  # once per module: the structure was a guess, the output is a fact
+                standardized, _ = _standardized(self._weight[module].detach(), module.eps)
                 expected = module._conv_forward(padded, standardized, module.bias)
                 # A relative error over the whole output: float32 sums over large kernels round entry by entry.
                 if not float((out - expected).norm()) <= 1e-4 * float(expected.norm()):
@@ -60,7 +60,9 @@ class WeightStandardizedConvRule(Rule):
                     )
                 self._checked.add(module)
             return None
-        gain = {"data": None, "path": lambda v: 1.0 / (v + module.eps),
-                "synflow": lambda v: torch.rsqrt(v + module.eps)}[passes.mode]
-        weight = module.weight if gain is None else module.weight * gain(var).to(module.weight)
+        weight = module.weight
+        if passes.mode != "data":
+            _, var = _standardized(self._weight[module].detach(), module.eps)
+            gain = 1.0 / (var + module.eps) if passes.mode == "path" else torch.rsqrt(var + module.eps)
+            weight = weight * gain.to(weight)
         return module._conv_forward(padded, weight, module.bias)
