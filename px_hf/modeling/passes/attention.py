@@ -54,12 +54,16 @@ def routed_attention(passes: "LinearizedPasses", configs: list) -> Iterator[None
         _ACTIVE.remove(passes)
 
 
+def _per_query_head(tensor: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Keys or values (batch, heads, tokens, dim) repeated to the query's heads (grouped-query attention)."""
+    heads = query.shape[-3]
+    return tensor if tensor.shape[-3] == heads else tensor.repeat_interleave(heads // tensor.shape[-3], -3)
+
+
 def attention(passes: "LinearizedPasses", module, query, key, value, attention_mask,
               scaling: Optional[float]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The attention of ``module`` in the current mode of ``passes``; returns ``(output, probabilities)``."""
-    if key.shape[1] != query.shape[1]:
-        repeat = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
+    key, value = _per_query_head(key, query), _per_query_head(value, query)
     if passes.mode in ("path", "synflow"):
         uniform = value.mean(-2, keepdim=True).expand(*value.shape[:2], query.shape[2], value.shape[-1])
         return uniform.transpose(1, 2).contiguous(), None
@@ -103,8 +107,7 @@ _SDPA = torch.nn.functional.scaled_dot_product_attention
 def _sdpa_probabilities(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                         enable_gqa=False) -> torch.Tensor:
     """The probabilities ``scaled_dot_product_attention`` applies to its values (eval mode: no dropout)."""
-    if key.shape[-3] != query.shape[-3]:
-        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
+    key = _per_query_head(key, query)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     logits = torch.matmul(query, key.transpose(-2, -1)) * scale
     if is_causal:
@@ -113,11 +116,6 @@ def _sdpa_probabilities(query, key, value=None, attn_mask=None, dropout_p=0.0, i
     if attn_mask is not None:
         logits = logits.masked_fill(~attn_mask, -torch.inf) if attn_mask.dtype == torch.bool else logits + attn_mask
     return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-
-
-def _per_query_head(value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    return value.repeat_interleave(query.shape[-3] // value.shape[-3], -3) if value.shape[-3] != query.shape[-3] \
-        else value
 
 
 class _AttentionKernelProbe(TorchFunctionMode):

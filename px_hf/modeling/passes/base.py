@@ -41,3 +41,10 @@ class Rule:
               out: torch.Tensor) -> Optional[torch.Tensor]:
         """The output of ``module`` on input ``z`` in ``passes.mode`` (``out``: what the module returned)."""
         raise NotImplementedError
+
+
+def same_output(out, expected: torch.Tensor) -> bool:
+    """Whether a module's output ``out`` is ``expected``, the output a rule assumed from its structure, up to float32
+    rounding: one relative error over the whole tensor, since entries near zero of large sums round on their own."""
+    return (isinstance(out, torch.Tensor) and out.shape == expected.shape
+            and float((out - expected).norm()) <= 1e-4 * float(expected.norm()))

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...errors import ModelError
 from ...targets import standardizes_weight
-from .base import Rule
+from .base import Rule, same_output
 
 
 def _standardized(weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +50,7 @@ class WeightStandardizedConvRule(Rule):
         if passes.mode == "real":
             if module not in self._checked:  # once per module: the structure was a guess, the output is a fact
                 standardized, _ = _standardized(self._weight[module].detach(), module.eps)
-                expected = module._conv_forward(padded, standardized, module.bias)
-                # A relative error over the whole output: float32 sums over large kernels round entry by entry.
-                if not float((out - expected).norm()) <= 1e-4 * float(expected.norm()):
+                if not same_output(out, module._conv_forward(padded, standardized, module.bias)):
                     raise ModelError(
                         f"{type(module).__name__} is a convolution with its own forward that does not standardize its "
                         "weight, so PX cannot linearize it. The baselines (magnitude, snip, grasp, synflow, random) can "

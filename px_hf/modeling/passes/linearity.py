@@ -12,7 +12,7 @@ pass it).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,8 @@ def check_data_pass_linear(passes, model: nn.Module, inputs: Optional[torch.Tens
     data); ``params`` the data-pass parameters; ``all_reduce`` (``tensors, op``) makes every process raise together.
     Costs a real and a data pass on eight examples (and two more to name the module when the check fails).
     """
-    if passes.inline_softmax is None and _shared_flag(_calls_kernel(passes, model, inputs), params, all_reduce):
+    if passes.inline_softmax is None and largest_everywhere(
+            [float(_calls_kernel(passes, model, inputs))], params, all_reduce)[0] > 0:
         # A saturated softmax is piecewise constant and can pass the linearity test: never leave it to the test.
         passes.enable_inline_softmax()
     error, culprit = _shared_error(passes, model, inputs, params, all_reduce)
@@ -84,24 +85,21 @@ def _calls_kernel(passes, model: nn.Module, inputs: Optional[torch.Tensor]) -> b
     return calls_attention_kernel(run)
 
 
-def _shared_flag(flag: bool, params: Mapping[str, torch.Tensor], all_reduce) -> bool:
-    """``flag`` on any process."""
+def largest_everywhere(values: Sequence[float], params: Mapping[str, torch.Tensor], all_reduce) -> list[float]:
+    """Each of ``values`` replaced by its largest value over all processes (``all_reduce`` ``None``: as they are),
+    so that every process takes the same decision. ``params`` gives the device."""
     if all_reduce is None:
-        return flag
-    shared = torch.tensor([float(flag)], dtype=torch.float64, device=next(iter(params.values())).device)
+        return list(values)
+    shared = torch.tensor(list(values), dtype=torch.float64, device=next(iter(params.values())).device)
     all_reduce([shared], "max")
-    return bool(shared > 0)
+    return shared.tolist()
 
 
 def _shared_error(passes, model: nn.Module, inputs: Optional[torch.Tensor], params: Mapping[str, torch.Tensor],
                   all_reduce) -> tuple[float, Optional[tuple[str, str]]]:
     """The largest error over all processes, and this process's culprit."""
     error, culprit = _nonlinearity(passes, model, inputs, params) if inputs is not None else (0.0, None)
-    if all_reduce is not None:
-        shared = torch.tensor([error], dtype=torch.float64, device=next(iter(params.values())).device)
-        all_reduce([shared], "max")
-        error = float(shared)
-    return error, culprit
+    return largest_everywhere([error], params, all_reduce)[0], culprit
 
 
 def _nonlinearity(passes, model: nn.Module, inputs: torch.Tensor,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ModelError
 from ..structure import is_max_pool
-from .base import Rule
+from .base import Rule, same_output
 
 _AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
@@ -61,9 +60,7 @@ class PoolMinusInputRule(Rule):
         if passes.mode != "real":
             return pool(z) + z
         if module not in self._checked:  # once per module: the structure was a guess, the difference is a fact
-            expected = pool(z) - z
-            if not (isinstance(out, torch.Tensor) and out.shape == expected.shape
-                    and torch.allclose(out, expected, rtol=1e-4, atol=1e-6)):
+            if not same_output(out, pool(z) - z):
                 raise ModelError(
                     f"{type(module).__name__} holds only an average pool but does not return pool(x) - x, so PX "
                     "cannot linearize it. The baselines (magnitude, snip, grasp, synflow, random) can prune this model"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..io import forward
+from .linearity import largest_everywhere
 from .residual import first_tensor, with_first
 
 
@@ -36,14 +37,12 @@ def admit_stream_blocks(passes, model: nn.Module, inputs: Optional[torch.Tensor]
     candidates = list(passes.residual.candidates)
     if not candidates or (inputs is None and all_reduce is None):
         return []
-    device = next(iter(params.values())).device
-    # 1 where zeroing the block leaves something (or the test says nothing), 0 where it zeroes the output.
-    bypassed = torch.zeros(len(candidates), dtype=torch.float64, device=device)
-    if inputs is not None:
-        bypassed = _bypassed(passes, model, inputs[:2], params, candidates).to(device)
-    if all_reduce is not None:
-        all_reduce([bypassed], "max")
-    admitted = [block for block, flag in zip(candidates, bypassed.tolist()) if flag == 0.0]
+    # 1 where zeroing the block leaves something (or the test says nothing), 0 where it zeroes the output; a process
+    # without data leaves the decision to the others.
+    bypassed = [0.0] * len(candidates) if inputs is None else \
+        _bypassed(passes, model, inputs[:2], params, candidates).tolist()
+    admitted = [block for block, flag in zip(candidates, largest_everywhere(bypassed, params, all_reduce))
+                if flag == 0.0]
     passes.residual.admit(admitted)
     return admitted
 
