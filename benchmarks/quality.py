@@ -162,6 +162,12 @@ def method_label(spec: dict) -> str:
     return spec["method"] + (f" ({', '.join(changed)})" if changed else "")
 
 
+def _competes(method: str) -> bool:
+    """Whether ``method`` is a contender for the best sparse method: the sanity checks (``px+shuffle``, ...) and
+    PX variants (``px (option=value)``) are shown beside PX, not ranked against it."""
+    return method != "dense" and "+" not in method and " (" not in method
+
+
 def _ordered(methods: set[str]) -> list[str]:
     """Methods in SCRATCH_METHODS order, each followed by its variants."""
     return sorted(methods, key=lambda m: (SCRATCH_METHODS.index(m.split(" ")[0]), m))
@@ -238,7 +244,8 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 def summarize(rows: list[dict], sparsities: list[float]) -> str:
     """One table per scenario (accuracy / collapsed layers / NTK-trace ratio, mean ± std over seeds; the best
-    sparse method per column in bold, with those within one std of it), and the NTK-accuracy rank correlation."""
+    sparse method per column in bold, with those within one std of it; sanity checks and PX variants shown but not
+    ranked), and the NTK-accuracy rank correlation."""
     parts = []
     for scenario in SCENARIOS:
         chosen = [r for r in rows if r["scenario"] == scenario]
@@ -262,7 +269,7 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
                         continue
                     accuracy = [r["accuracy"] for r in sel]
                     rivals = {m: [r["accuracy"] for r in fam if r["method"] == m and r["sparsity"] == sparsity]
-                              for m in methods if m != "dense"}
+                              for m in methods if _competes(m)}
                     # (dense has no rivals in a column where no sparse run is stored yet)
                     best = max(((statistics.mean(v), m) for m, v in rivals.items() if v), default=None)
                     tied = method != "dense" and best is not None and (method == best[1] or statistics.mean(
@@ -378,7 +385,8 @@ def main() -> None:
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; {len(rows)} runs stored "
               f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}`). Accuracy / layers collapsed / "
               "NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
-              "over seeds; bold: best sparse method, or within one std of it." + "\n\n")
+              "over seeds; bold: best sparse method (sanity checks and PX variants excluded), or within one std of "
+              "it." + "\n\n")
     save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
                  header + summarize(rows, args.sparsities))
     if not args.quick:
