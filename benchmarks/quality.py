@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Optional
 
 import torch
 
@@ -135,12 +136,15 @@ def _transferred(scenario: str, family: str, seed: int, schedule: dict, num_labe
 
 
 def run_spec(scenario: str, family: str, method: str, sparsity: float, seed: int, schedule: dict,
-             px_options: dict) -> dict:
-    """Everything that determines a run (its key is a hash of this)."""
+             px_options: dict, target_epochs: Optional[int] = None) -> dict:
+    """Everything that determines a run (its key is a hash of this). ``target_epochs`` changes only the epochs of
+    the training after pruning (the pre-trained network stays the schedule's); ``None`` keeps the schedule's."""
     from px_hf import PXConfig
 
     spec = {"protocol": PROTOCOL, "scenario": scenario, "family": family, "method": method, "seed": seed,
             "schedule": schedule, "arch": ARCH[family]}
+    if target_epochs is not None:
+        spec["target_epochs"] = target_epochs
     if method != "dense":
         scorer, _, variant = method.partition("+")
         config = PXConfig(sparsity=sparsity, scorer=scorer, seed=seed,
@@ -208,7 +212,8 @@ def run_one(spec: dict, store: str) -> dict:
         prune_seconds = time.perf_counter() - started
         collapsed = pruner.summary().collapsed
         trace = ntk_trace(model, probe, masks)
-    result = train(model, train_data, schedule, seed, test_data, after_step=_masked_training(model, masks))
+    target_schedule = dict(schedule, epochs=spec.get("target_epochs", schedule["epochs"]))
+    result = train(model, train_data, target_schedule, seed, test_data, after_step=_masked_training(model, masks))
     params = dict(model.named_parameters())
     assert all(not params[n][~m].any() for n, m in masks.items()), "a pruned weight moved"
     row = {"key": run_key(spec), "scenario": scenario, "family": family, "method": method_label(spec),
@@ -346,6 +351,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 98%%, dense/px/magnitude, 1 epoch on 2,000 images (results kept apart)")
+    parser.add_argument("--target-epochs", type=int, default=None,
+                        help="epochs of the training after pruning only, to check that it converges (results kept "
+                             "apart, in quality-target-epochs-N; no plots)")
     parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs"))
@@ -355,8 +363,10 @@ def main() -> None:
         args.seeds, args.sparsities, name = [0], [0.98], "quality-quick"
         args.methods = [m for m in args.methods if m in ("dense", "px", "magnitude")]
         schedule.update(epochs=1, subset=2000)
+    if args.target_epochs is not None:
+        name += f"-target-epochs-{args.target_epochs}"
     store = os.path.join(args.out, name)
-    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px))
+    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px), args.target_epochs)
              for scenario in args.scenarios for family in args.families for seed in args.seeds
              for method in args.methods if scenario == "scratch" or method in TRANSFER_METHODS
              for sparsity in ([0.0] if method == "dense" else args.sparsities)]
@@ -380,16 +390,18 @@ def main() -> None:
             with open(os.path.join(store, entry)) as handle:
                 row = json.load(handle)
             if (row["spec"]["schedule"] == schedule and row["family"] in args.families
+                    and row["spec"].get("target_epochs") == args.target_epochs
                     and row["spec"]["arch"] == ARCH[row["family"]]):  # a superseded architecture is left out
                 rows.append(row)
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; {len(rows)} runs stored "
-              f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}`). Accuracy / layers collapsed / "
+              f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}"
+              f"{f' --target-epochs {args.target_epochs}' if args.target_epochs else ''}`). Accuracy / layers collapsed / "
               "NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
               "over seeds; bold: best sparse method (sanity checks and PX variants excluded), or within one std of "
               "it." + "\n\n")
     save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
                  header + summarize(rows, args.sparsities))
-    if not args.quick:
+    if not args.quick and args.target_epochs is None:
         import matplotlib
 
         matplotlib.use("Agg")
