@@ -6,6 +6,7 @@ import hashlib
 import math
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 
 Masks = dict[str, torch.Tensor]
@@ -32,6 +33,18 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
+def _above_and_within(scores: list[torch.Tensor], lo: torch.Tensor, hi: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """How many entries exceed ``hi``, and the entries in ``[lo, hi]``. On CPU numpy does both 3-4x faster than
+    torch's comparisons and boolean indexing (0.2 s of a ResNet-50 round)."""
+    if all(s.device.type == "cpu" for s in scores):
+        arrays = [_flat(s).detach().numpy() for s in scores]
+        low, high = lo.numpy(), hi.numpy()  # 0-d arrays in the scores' dtype: compared without conversion
+        above = sum(int(np.count_nonzero(a > high)) for a in arrays)
+        return above, torch.from_numpy(np.concatenate([a[(a >= low) & (a <= high)] for a in arrays]))
+    above = sum(int(torch.count_nonzero(s > hi)) for s in scores)
+    return above, torch.cat([s[(s >= lo) & (s <= hi)] for s in scores])
+
+
 def _kth_largest(scores: list[torch.Tensor], k: int) -> torch.Tensor:
     """The k-th largest score across several tensors whose dead entries are ``-inf`` (1 <= k <= live entries).
 
@@ -47,8 +60,7 @@ def _kth_largest(scores: list[torch.Tensor], k: int) -> torch.Tensor:
         margin = 8.0 * math.sqrt(m) + 16
         lo = sample.kthvalue(max(1, int(position - margin))).values
         hi = sample.kthvalue(min(m, int(position + margin) + 1)).values
-        above = sum(int(torch.count_nonzero(s > hi)) for s in scores)
-        band = torch.cat([s[(s >= lo) & (s <= hi)] for s in scores])
+        above, band = _above_and_within(scores, lo, hi)
         need = k - above
         if 1 <= need <= band.numel():
             return band.kthvalue(band.numel() - need + 1).values
