@@ -8,7 +8,8 @@ Scenarios (small ResNet, ConvNeXt and ViT; sparsities 90%, 98%, 99.5%; seeds 0-2
 - ``transfer``: pre-train dense on classes 0-4 with the same schedule, put a new 5-way head on it, prune the
   pre-trained network with each method on a pruning set of classes 5-9 (the new head stays dense), fine-tune on
   classes 5-9 with the same schedule and test on them; ``dense`` transfers the unpruned network.
-- ``cross``: pre-train dense on all ten Fashion-MNIST classes, prune on digits, fine-tune on scikit-learn's digits.
+- ``cross``: pre-train dense on all ten Fashion-MNIST classes, prune on digits, fine-tune on scikit-learn's digits
+  for ``CROSS_TARGET_EPOCHS`` epochs (digits is small: the schedule's epochs are too few steps for pruned networks).
 
 Every run's result is stored in ``benchmarks/results/quality/<key>.json``, the key hashing everything that
 determines it (scenario, family, method, sparsity, seed, schedule, architecture, the full PXConfig), and skipped
@@ -19,6 +20,7 @@ when present: the grid (several hours on 2 cores) resumes where it stopped. Pre-
     python benchmarks/quality.py                      # the full grid (resumable), one run per core
     python benchmarks/quality.py --quick              # a smoke run: 1 seed, 98%, few methods, 1 epoch, 2k images
     python benchmarks/quality.py --report             # only rebuild tables and plots from the stored runs
+    python benchmarks/quality.py --scenarios cross --target-epochs 10   # fine-tune 10 epochs (stored apart)
     python benchmarks/quality.py --scenarios transfer --methods dense px magnitude --px px_branch_share=null
 
 Needs Fashion-MNIST: ``apt-get install dataset-fashion-mnist`` (``./run.sh bench`` installs it when run as root).
@@ -406,8 +408,8 @@ def main() -> None:
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; training after pruning (epochs): {epochs}; "
               f"{len(rows)} runs stored "
               f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}"
-              f"{f' --target-epochs {args.target_epochs}' if args.target_epochs else ''}`). Accuracy / layers collapsed / "
-              "NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
+              f"{f' --target-epochs {args.target_epochs}' if args.target_epochs else ''}`). Accuracy / layers "
+              "collapsed / NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
               "over seeds; bold: best sparse method (sanity checks and PX variants excluded), or within one std of "
               "it." + "\n\n")
     save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
