@@ -405,13 +405,12 @@ def main() -> None:
                     and row["spec"]["arch"] == ARCH[row["family"]]):  # a superseded architecture is left out
                 rows.append(row)
     epochs = {s: target_epochs_of(s, args.target_epochs) or schedule["epochs"] for s in SCENARIOS}
+    command = ("python benchmarks/quality.py" + (" --quick" if args.quick else "")
+               + (f" --target-epochs {args.target_epochs}" if args.target_epochs else ""))
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; training after pruning (epochs): {epochs}; "
-              f"{len(rows)} runs stored "
-              f"(`python benchmarks/quality.py{' --quick' if args.quick else ''}"
-              f"{f' --target-epochs {args.target_epochs}' if args.target_epochs else ''}`). Accuracy / layers "
-              "collapsed / NTK trace of the pruned network relative to the unpruned one at the start of training, mean ± std "
-              "over seeds; bold: best sparse method (sanity checks and PX variants excluded), or within one std of "
-              "it." + "\n\n")
+              f"{len(rows)} runs stored (`{command}`). Accuracy / layers collapsed / NTK trace of the pruned network "
+              "relative to the unpruned one at the start of training, mean ± std over seeds; bold: best sparse method "
+              "(sanity checks and PX variants excluded), or within one std of it.\n\n")
     save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
                  header + summarize(rows, args.sparsities))
     if not args.quick and args.target_epochs is None:
