@@ -24,22 +24,16 @@ from _report import save_results  # noqa: E402
 
 
 def kept_per_layer(scenario: str, family: str, seed: int, sparsity: float, method: str) -> dict[str, list[int]]:
-    """Parameter name -> [kept, total] after pruning with ``method`` (``scorer`` or ``px:KEY=VALUE``)."""
+    """Parameter name -> [kept, total] after pruning with ``method`` (``scorer`` or ``px:KEY=VALUE``), on the
+    network and pruning set of the matching ``quality.py`` run."""
     from px_hf import PXConfig, PXPruner
     from px_hf.config import parse_override
 
     scorer, _, option = method.partition(":")
-    extra = dict([parse_override(option)]) if option else {}
-    schedule = dict(quality.SCHEDULE)
-    train_data, _ = quality._task(scenario, schedule, "target")
-    num_labels = int(train_data[1].max()) + 1
-    if scenario == "scratch":
-        model = quality._model(family, num_labels, schedule, seed)
-    else:
-        model, _ = quality._transferred(scenario, family, seed, schedule, num_labels)
-    config = PXConfig(sparsity=sparsity, scorer=scorer, seed=seed,
-                      exclude=None if scenario == "scratch" else [quality.HEAD], **extra)
-    masks = PXPruner(model, config).prune(train_data, progress=False)
+    spec = quality.run_spec(scenario, family, scorer, sparsity, seed, dict(quality.SCHEDULE),
+                            dict([parse_override(option)]) if option else {})
+    model, _, train_data, _ = quality.network_to_prune(spec)
+    masks = PXPruner(model, PXConfig.from_dict(spec["config"])).prune(train_data, progress=False)
     return {name: [int(mask.sum()), mask.numel()] for name, mask in masks.items()}
 
 
@@ -52,6 +46,19 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["px", "synflow"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    from px_hf.config import parse_override
+    from px_hf.errors import ConfigError
+    from px_hf.scoring import scorer_names
+
+    for method in args.methods:
+        scorer, _, option = method.partition(":")
+        if scorer not in scorer_names():
+            parser.error(f"--methods: {scorer!r} is not a scorer; choose from {', '.join(scorer_names())}")
+        try:
+            if option:
+                parse_override(option)
+        except ConfigError as err:
+            parser.error(f"--methods {method}: {err}")
     torch.set_num_threads(1)
     kept = {m: kept_per_layer(args.scenario, args.family, args.seed, args.sparsity, m) for m in args.methods}
     layers = list(kept[args.methods[0]])

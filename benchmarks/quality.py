@@ -145,6 +145,18 @@ def target_epochs_of(scenario: str, given: Optional[int]) -> Optional[int]:
     return given if given is not None else (CROSS_TARGET_EPOCHS if scenario == "cross" else None)
 
 
+def network_to_prune(spec: dict):
+    """The network a run prunes (fresh from scratch, or pre-trained with a new head), the source task's accuracy
+    (``None`` from scratch) and the target task's (train, test) data."""
+    scenario, family, seed, schedule = spec["scenario"], spec["family"], spec["seed"], spec["schedule"]
+    train_data, test_data = _task(scenario, schedule, "target")
+    num_labels = int(train_data[1].max()) + 1
+    if scenario == "scratch":
+        return _model(family, num_labels, schedule, seed), None, train_data, test_data
+    model, source_accuracy = _transferred(scenario, family, seed, schedule, num_labels)
+    return model, source_accuracy, train_data, test_data
+
+
 def run_spec(scenario: str, family: str, method: str, sparsity: float, seed: int, schedule: dict,
              px_options: dict, target_epochs: Optional[int] = None) -> dict:
     """Everything that determines a run (its key is a hash of this). ``target_epochs`` changes only the epochs of
@@ -203,13 +215,7 @@ def run_one(spec: dict, store: str) -> dict:
         with open(path) as handle:
             return json.load(handle)
     scenario, family, seed, schedule = spec["scenario"], spec["family"], spec["seed"], spec["schedule"]
-    train_data, test_data = _task(scenario, schedule, "target")
-    num_labels = int(train_data[1].max()) + 1
-    source_accuracy = None
-    if scenario == "scratch":
-        model = _model(family, num_labels, schedule, seed)
-    else:
-        model, source_accuracy = _transferred(scenario, family, seed, schedule, num_labels)
+    model, source_accuracy, train_data, test_data = network_to_prune(spec)
     probe = test_data[0][:8]
     dense_trace = ntk_trace(model, probe)
     masks, collapsed, trace, prune_seconds = {}, [], dense_trace, 0.0
