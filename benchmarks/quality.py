@@ -300,6 +300,8 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
                     cells.append(f"{'**' + text + '**' if tied else text} / "
                                  f"{_cell([float(r['collapsed']) for r in sel], '.1f')} / "
                                  f"{_cell([r['ntk_ratio'] for r in sel], '.3g')}")
+                if " (" in method and all(cell == "-" for cell in cells):
+                    continue  # a PX variant tried on other families only
                 lines.append(f"| {family} | {method} | " + " | ".join(cells) + " |")
             sparse = [r for r in fam if r["method"] != "dense"]
             if len(sparse) > 2:
@@ -367,7 +369,7 @@ def main() -> None:
                         help="PXConfig fields for the PX runs (variants are stored apart: the key includes them)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
     parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 98%%, dense/px/magnitude, 1 epoch on 2,000 images (results kept apart)")
+                        help="1 seed, 98%%, dense/px/magnitude, 1 epoch on 2,000 images, also after pruning (results kept apart)")
     parser.add_argument("--target-epochs", type=int, default=None,
                         help="epochs of the training after pruning only, to check that it converges (results kept "
                              "apart, in quality-target-epochs-N; no plots)")
@@ -375,15 +377,17 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs"))
     args = parser.parse_args()
-    schedule, name = dict(SCHEDULE), "quality"
+    schedule, name, target_epochs = dict(SCHEDULE), "quality", args.target_epochs
     if args.quick:
         args.seeds, args.sparsities, name = [0], [0.98], "quality-quick"
         args.methods = [m for m in args.methods if m in ("dense", "px", "magnitude")]
         schedule.update(epochs=1, subset=2000)
+        # A smoke run: the cross scenario's longer fine-tuning is cut to the schedule's epoch too.
+        target_epochs = schedule["epochs"] if target_epochs is None else target_epochs
     if args.target_epochs is not None:
         name += f"-target-epochs-{args.target_epochs}"
     store = os.path.join(args.out, name)
-    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px), args.target_epochs)
+    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px), target_epochs)
              for scenario in args.scenarios for family in args.families for seed in args.seeds
              for method in args.methods if scenario == "scratch" or method in TRANSFER_METHODS
              for sparsity in ([0.0] if method == "dense" else args.sparsities)]
@@ -407,10 +411,10 @@ def main() -> None:
             with open(os.path.join(store, entry)) as handle:
                 row = json.load(handle)
             if (row["spec"]["schedule"] == schedule and row["family"] in args.families
-                    and row["spec"].get("target_epochs") == target_epochs_of(row["scenario"], args.target_epochs)
+                    and row["spec"].get("target_epochs") == target_epochs_of(row["scenario"], target_epochs)
                     and row["spec"]["arch"] == ARCH[row["family"]]):  # a superseded architecture is left out
                 rows.append(row)
-    epochs = {s: target_epochs_of(s, args.target_epochs) or schedule["epochs"] for s in SCENARIOS}
+    epochs = {s: target_epochs_of(s, target_epochs) or schedule["epochs"] for s in SCENARIOS}
     command = ("python benchmarks/quality.py" + (" --quick" if args.quick else "")
                + (f" --target-epochs {args.target_epochs}" if args.target_epochs else ""))
     header = (f"Fashion-MNIST, schedule {schedule}, architectures {ARCH}; training after pruning (epochs): {epochs}; "

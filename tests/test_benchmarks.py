@@ -58,6 +58,10 @@ def test_quality_tables_mark_the_best_and_ties_and_label_px_variants():
     assert "**" not in lines["random"] and "**" not in lines["dense"]
     assert list(lines) == ["dense", "px", "px (px_branch_share=initial)", "random", "magnitude", "px+shuffle"]
     assert "over the pruned runs: vit " in table and "(10 runs)" in table
+    # A variant run on another family only gets no row here; a method without runs still shows its row.
+    other = dict(rows[0], family="resnet", method="px (px_norm=batch)", sparsity=0.98)
+    table = quality.summarize(rows + [other], [0.98])
+    assert "| vit | px (px_norm=batch) |" not in table and "| resnet | px (px_norm=batch) |" in table
     assert quality._spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 4]) == pytest.approx(1.0)
     assert quality._spearman([0.1, 0.5, 0.2, 0.9], [4, 2, 3, 1]) == pytest.approx(-1.0)
 
