@@ -75,8 +75,12 @@ class PXConfig:
             ``"binary"`` uses the ReLU-style pattern ``1[z > 0]`` for every activation.
         px_bias: ``"zero"`` drops biases and additive embeddings in the PX passes (exact path bound, default);
             ``"path"`` treats a bias as a weight on a constant unit (1 in the data pass, ``b**2`` in the path pass).
-        qk_scores: ``"value"`` gives each attention block's query and key weights the density PX gives its value
-            weights, keeping the largest-magnitude entries; ``"px"`` uses their raw PX scores (which are 0).
+        qk_scores: how weights on no path of the bound are scored (their raw PX scores are 0). ``"value"`` gives
+            each attention block's query and key weights the density PX gives its value weights, and every other
+            weight tensor with no path at all on the unpruned network (a projection that feeds only a softmax or an
+            additive position bias, a module the forward does not use) about the network's overall density; either
+            way the largest-magnitude entries are kept. ``"px"``: the raw scores, as published (such weights are
+            pruned whole first).
         px_rescale_blocks: divide each residual block's output by a detached scalar in the PX passes, which
             keeps deep models finite in float32 and changes the scores only by one common positive factor.
         px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to a

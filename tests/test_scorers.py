@@ -189,3 +189,29 @@ def test_a_registered_scorer_prunes_and_is_recorded(digits):
         registry._REGISTRY.pop("first_heavy", None)
     with pytest.raises(ConfigError, match="unknown scorer 'first_heavy'.*register_scorer"):
         PXConfig(scorer="first_heavy")
+
+
+@pytest.mark.parametrize("qk_scores", ["value", "px"])
+def test_weights_on_no_path_keep_the_overall_density_by_magnitude(qk_scores):
+    # SwinV2's continuous position-bias MLP only biases the attention logits: no path of the bound runs through
+    # it, so its raw PX scores are 0. qk_scores="value" keeps about the network's density of it, the largest
+    # entries; "px" (as published) removes it whole.
+    from tiny_models import tiny_model
+
+    model, shape = tiny_model("swinv2")
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    data = (torch.randn(8, *shape, generator=generator), torch.randint(4, (8,), generator=generator))
+    pruner = PXPruner(model, PXConfig(sparsity=0.9, rounds=20, examples_per_class=None, qk_scores=qk_scores))
+    pruner.prune(data, progress=False)
+    names = [n for n in pruner.masks if "continuous_position_bias_mlp" in n]
+    assert len(names) == 4
+    for name in names:
+        mask = pruner.masks[name]
+        if qk_scores == "px":
+            assert not mask.any()
+            continue
+        assert 0.05 <= mask.float().mean() <= 0.2, (name, float(mask.float().mean()))
+        magnitude = initial[name].abs()
+        assert magnitude[mask].min() >= magnitude[~mask].max()
+    assert abs(pruner.summary().density - 0.1) < 1e-3

@@ -184,33 +184,55 @@ def _sorted(values: torch.Tensor) -> torch.Tensor:
     return values.sort().values
 
 
+def _magnitude_order(ctx: ScoringContext, name: str) -> torch.Tensor:
+    """Flat indices of weight ``name`` from smallest to largest magnitude, its pruned entries first."""
+    # Pruning only zeroes weights, so the magnitude order of the live entries never changes: sort once.
+    orders = ctx.cache.setdefault("magnitude_order", {})
+    if name not in orders:
+        orders[name] = ctx.parameters()[name].detach().abs().reshape(-1).argsort(stable=True)
+    order = orders[name]
+    pruned = ~ctx.masks[name].reshape(-1)[order]
+    return torch.cat([order[pruned], order[~pruned]])
+
+
+def _ranked_onto(reference: torch.Tensor, order: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Scores of ``shape`` that follow the sorted ``reference`` distribution, increasing along ``order``."""
+    values = reference
+    if reference.numel() != order.numel():
+        positions = torch.linspace(0, reference.numel() - 1, order.numel(), device=reference.device)
+        values = reference[positions.round().long()]
+    ranked = torch.empty_like(values)
+    ranked[order] = values
+    return ranked.reshape(shape)
+
+
 def transfer_value_density(
     scores: Scores, ctx: ScoringContext, blocks: list[AttentionWeights]
 ) -> Scores:
     """Give each block's query and key weights the score distribution of its value weights, entries ranked
     by magnitude: a global threshold then keeps the same fraction of Q and K as of V, the largest entries."""
-    weights = ctx.parameters()
-    # Pruning only zeroes weights, so the magnitude order of the live entries never changes: sort once.
-    orders = ctx.cache.setdefault("qk_magnitude_order", {})
     for block in blocks:
         if block.value not in scores:
             continue
         reference = _sorted(scores[block.value].reshape(-1))
         for name in (block.query, block.key):
-            if name not in scores:
-                continue
-            if name not in orders:
-                orders[name] = weights[name].detach().abs().reshape(-1).argsort(stable=True)
-            order = orders[name]
-            pruned = ~ctx.masks[name].reshape(-1)[order]
-            order = torch.cat([order[pruned], order[~pruned]])  # pruned entries rank lowest
-            values = reference
-            if reference.numel() != order.numel():
-                positions = torch.linspace(0, reference.numel() - 1, order.numel(), device=reference.device)
-                values = reference[positions.round().long()]
-            transferred = torch.empty_like(values)
-            transferred[order] = values
-            scores[name] = transferred.reshape(scores[name].shape)
+            if name in scores:
+                scores[name] = _ranked_onto(reference, _magnitude_order(ctx, name), scores[name].shape)
+    return scores
+
+
+def transfer_global_density(scores: Scores, ctx: ScoringContext, names: list[str]) -> Scores:
+    """Give the weights ``names``, which lie on no path of the bound, the score distribution of all the other
+    weights, entries ranked by magnitude: a global threshold then keeps about the network's overall density of
+    them, the largest entries."""
+    others = [s.reshape(-1) for n, s in scores.items() if n not in names and s.numel()]
+    if not others:
+        return scores
+    # A strided sample of about a million scores describes the distribution as well as all of them.
+    step = max(1, sum(s.numel() for s in others) // 2 ** 20)
+    reference = _sorted(torch.cat([s[::step] for s in others]))
+    for name in names:
+        scores[name] = _ranked_onto(reference, _magnitude_order(ctx, name), scores[name].shape)
     return scores
 
 
@@ -232,6 +254,10 @@ def px_scores(ctx: ScoringContext) -> Scores:
         ctx.cache["signs"] = True
     if ctx.config.qk_scores == "value":
         scores = transfer_value_density(scores, ctx, attention_blocks(ctx.model))
+        if "pathless" not in ctx.cache:  # found on the unpruned network: later, pruning itself cuts paths
+            ctx.cache["pathless"] = [n for n, s in scores.items() if s.numel() and not bool(s.detach().ne(0).any())]
+        if ctx.cache["pathless"]:
+            scores = transfer_global_density(scores, ctx, ctx.cache["pathless"])
     return scores
 
 
