@@ -86,9 +86,9 @@ class PXConfig:
         px_branch_share: in the path pass, scale every residual branch (attention, MLP, convolution stack) to a
             share of the magnitude of the stream entering its block and hold it there while the branch is pruned.
             ``"floored"`` (default): the share each branch has in the first round (the network's own balance, e.g. a
-            pre-trained one's), raised to the median of those shares where it is below it (so a branch that starts
-            almost silent, as under a layer scale of 1e-6, is not starved). ``"initial"``: the first-round shares
-            as they are. A number: that fixed share for every branch. ``None``: branches as they are, as
+            pre-trained one's), raised to the median of those shares, and to at least 1e-3, where it is below (so
+            a branch that starts almost silent, as under a layer scale of 1e-6, is not starved). ``"initial"``: the
+            first-round shares as they are. A number: that fixed share for every branch. ``None``: branches as they are, as
             published; iterative PX then removes whole branches at high sparsity (docs/px_generalization.md).
         sanity_check: ``"shuffle"`` permutes each layer's mask after pruning (same per-layer density);
             ``"reinit"`` re-initializes the weights after pruning and keeps the mask.

@@ -143,3 +143,75 @@ def test_floored_shares_keep_a_branch_that_starts_almost_silent(block_cls):
     first, plain = _scores(net(), x, y, "floored"), _scores(net(), x, y, None)
     for name in plain:
         torch.testing.assert_close(first[name], plain[name], rtol=1e-12, atol=0)
+
+
+def test_floored_shares_have_an_absolute_floor_when_every_branch_starts_almost_silent(monkeypatch):
+    """When every branch starts almost silent the median share is tiny too, so the "floored" rule also raises every
+    share to ``SHARE_FLOOR`` (the model-type tests show that this keeps SegFormer, PVT-v2, MobileNetV2, MobileViT,
+    LeViT and CvT whole at 90%)."""
+    from px_hf.modeling.passes import residual
+
+    seen = []
+    end_of_pass = residual.ResidualScaling.end_of_pass
+
+    def spy(self, mode):
+        raw = dict(self._shares)
+        end_of_pass(self, mode)
+        if mode == "path" and raw and not seen:
+            seen.append((raw, dict(self._shares)))
+
+    monkeypatch.setattr(residual.ResidualScaling, "end_of_pass", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), *[_BranchBlock(8) for _ in range(3)], nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for block in model[1:4]:
+            block.branch.fc2.weight.mul_(1e-3)
+    x = torch.randn(30, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    PXPruner(model.double(), PXConfig(sparsity=0.5, rounds=2, examples_per_class=None)).prune(
+        (x, torch.arange(30) % 3), progress=False)
+    raw, floored = seen[0]
+    assert len(raw) == 3 and max(raw.values()) < residual.SHARE_FLOOR
+    assert all(floored[branch] == residual.SHARE_FLOOR for branch in raw)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc1, self.act = nn.Linear(width, 2 * width), nn.ReLU()
+
+    def forward(self, hidden_states):
+        return self.act(self.fc1(hidden_states))
+
+
+class _Output(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc2 = nn.Linear(2 * width, width)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.fc2(hidden_states) + input_tensor
+
+
+class _BertStyleLayer(nn.Module):
+    """The MLP branch closed by ``output(intermediate(x), input_tensor)``, which adds the stream (CvT)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.intermediate, self.output = _Intermediate(width), _Output(width)
+
+    def forward(self, x):
+        return self.output(self.intermediate(x), x)
+
+
+def test_a_branch_closed_by_an_output_that_adds_the_stream_is_balanced_like_any_branch():
+    x = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % 3
+    plain, bert = _net(_BranchBlock), _net(_BertStyleLayer)
+    bert.load_state_dict({k.replace("branch.fc1", "intermediate.fc1").replace("branch.fc2", "output.fc2"): v
+                          for k, v in plain.state_dict().items()})
+    block = residual_branches(bert)[0]
+    assert block.branches == block.closing == (bert[1].output,)
+    expected, got = _scores(plain, x, y, 1.0), _scores(bert, x, y, 1.0)  # a fixed share changes round 0
+    for name, score in expected.items():
+        other = name.replace("branch.fc1", "intermediate.fc1").replace("branch.fc2", "output.fc2")
+        torch.testing.assert_close(got[other], score, rtol=1e-10, atol=0)

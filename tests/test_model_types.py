@@ -35,23 +35,14 @@ NOT_LINEAR: dict[str, str] = {
     "swiftformer": "SwiftFormerEfficientAdditiveAttention (additive attention with a normalized query)",
 }
 # "Starts almost silent": the branches' first-round shares of their block's stream (docs/px_generalization.md)
-# are tiny for weights of std 0.02 with no normalization inside the branch, and the median floor is then tiny too.
+# are tiny for weights of std 0.02 with no normalization inside the branch.
 COLLAPSES: dict[str, str] = {
-    "cvt": "6 of 58 layers (the MLPs of the first two stages)",
     "hgnet_v2": "6 of 15 layers (the stem's convolution branch beside its max pool, and the aggregated layers of "
                 "the first two stages, which feed concatenations and are not balanced as residual branches)",
     "hiera": "2 of 11 layers (the query-key-value and output projections of the second stage's first block, the "
              "block whose skip is a projection)",
-    "levit": "4 of 18 layers (the first stage's first attention and MLP branches, which start almost silent: "
-             "shares 2e-4 to 7e-4)",
-    "mobilenet_v2": "30 of 53 layers (every inverted residual with a skip connection: its branch starts almost "
-                    "silent, shares 1e-7 to 2e-2, median 1e-5)",
-    "mobilevit": "9 of 90 layers (inverted residuals with a skip connection, which start almost silent; scored in "
-                 "float64: its data pass overflows float32)",
-    "pvt": "7 of 16 layers (the first block, which starts almost silent: shares 4e-5 to 2e-2)",
-    "pvt_v2": "12 of 18 layers (the first block's attention and MLP and the second block's attention, which start "
-              "almost silent: shares 5e-5 to 1.3, median 3e-4)",
-    "segformer": "11 of 18 layers (attention and MLP branches, which start almost silent: shares 2e-7 to 2e-4)",
+    "pvt": "7 of 16 layers (the first block, which starts almost silent: shares 4e-5 and 8e-5 against 1e-2 and "
+           "2e-2 in the second; the share floor of 1e-3 is too little for it, 1e-2 keeps it)",
     "textnet": "1 of 14 layers (a convolution of the first stage's re-parameterizable block, whose BatchNorm identity "
                "branch carries the stream: zeroing the block's parameters zeroes that branch too, so the block is not "
                "recognized as residual and its convolutions are not balanced against it)",

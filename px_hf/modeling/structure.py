@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -172,6 +173,8 @@ class ResidualBlock:
 
     module: nn.Module
     branches: tuple[nn.Module, ...]
+    # Branches that may add the stream themselves (``output(hidden_states, input_tensor)``); checked on data.
+    closing: tuple[nn.Module, ...] = ()
 
 
 def residual_block(block: nn.Module) -> ResidualBlock:
@@ -179,7 +182,15 @@ def residual_block(block: nn.Module) -> ResidualBlock:
     children = [(n, c) for n, c in block.named_children() if _has_path_weights(c)]
     if any(isinstance(c, PRUNABLE_LAYER_TYPES) for _, c in children):
         return ResidualBlock(block, ())
-    return ResidualBlock(block, tuple(c for n, c in children if n not in _SHORTCUT_NAMES))
+    branches = {n: c for n, c in children if n not in _SHORTCUT_NAMES}
+    # BERT-style transformers layers (CvT) end their MLP in ``output(intermediate(x), input_tensor)``, which may add
+    # the stream: the MLP branch then ends in ``output``, and ``intermediate`` is only its first half.
+    output = branches.get("output")
+    closes = output is not None and "input_tensor" in inspect.signature(output.forward).parameters
+    if closes and "intermediate" in branches:
+        del branches["intermediate"]
+        return ResidualBlock(block, tuple(branches.values()), (output,))
+    return ResidualBlock(block, tuple(branches.values()))
 
 
 def residual_branches(model: nn.Module) -> list[ResidualBlock]:
