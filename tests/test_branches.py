@@ -215,3 +215,22 @@ def test_a_branch_closed_by_an_output_that_adds_the_stream_is_balanced_like_any_
     for name, score in expected.items():
         other = name.replace("branch.fc1", "intermediate.fc1").replace("branch.fc2", "output.fc2")
         torch.testing.assert_close(got[other], score, rtol=1e-10, atol=0)
+
+
+class _ProjectedSkipBlock(nn.Module):
+    """A block that changes width: its skip is a layer of its own (Hiera's ``proj``) beside a composite branch."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.proj, self.branch = nn.Linear(width, 2 * width), _Branch(width)
+        self.branch.fc2 = nn.Linear(2 * width, 2 * width)
+
+    def forward(self, x):
+        return self.proj(x) + self.branch(x)
+
+
+def test_a_projection_skip_held_by_the_block_leaves_its_branches_balanced():
+    block = _ProjectedSkipBlock(8)
+    assert residual_branches(nn.Sequential(nn.Linear(4, 8), block, nn.Linear(16, 3)))[0].branches == (block.branch,)
+    flat = _FlatBlock(8)  # a layer that is not a projection skip: the whole block is one branch
+    assert residual_branches(nn.Sequential(nn.Linear(4, 8), flat, nn.Linear(8, 3)))[0].branches == ()

@@ -39,8 +39,6 @@ NOT_LINEAR: dict[str, str] = {
 COLLAPSES: dict[str, str] = {
     "hgnet_v2": "6 of 15 layers (the stem's convolution branch beside its max pool, and the aggregated layers of "
                 "the first two stages, which feed concatenations and are not balanced as residual branches)",
-    "hiera": "2 of 11 layers (the query-key-value and output projections of the second stage's first block, the "
-             "block whose skip is a projection)",
     "pvt": "7 of 16 layers (the first block, which starts almost silent: shares 4e-5 and 8e-5 against 1e-2 and "
            "2e-2 in the second; the share floor of 1e-3 is too little for it, 1e-2 keeps it)",
     "textnet": "1 of 14 layers (a convolution of the first stage's re-parameterizable block, whose BatchNorm identity "

@@ -23,6 +23,7 @@ _QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"),
               ("projection_query", "projection_key", "projection_value"))
 # Children of a residual block that form its skip connection rather than a branch.
 _SHORTCUT_NAMES = ("shortcut", "downsample", "skip")
+_PROJECTION_SKIP_NAMES = ("proj",)
 
 
 class Role(enum.Enum):
@@ -180,8 +181,12 @@ class ResidualBlock:
 def residual_block(block: nn.Module) -> ResidualBlock:
     """``block`` with its residual branches."""
     children = [(n, c) for n, c in block.named_children() if _has_path_weights(c)]
-    if any(isinstance(c, PRUNABLE_LAYER_TYPES) for _, c in children):
+    direct = {n for n, c in children if isinstance(c, PRUNABLE_LAYER_TYPES)}
+    # A layer held by the block itself makes the whole block one branch (ConvNeXt), unless it is the projection of
+    # the skip beside composite branches (Hiera's ``proj``, when a block changes width).
+    if direct and (direct - set(_PROJECTION_SKIP_NAMES) or len(direct) == len(children)):
         return ResidualBlock(block, ())
+    children = [(n, c) for n, c in children if n not in direct]
     branches = {n: c for n, c in children if n not in _SHORTCUT_NAMES}
     # BERT-style transformers layers (CvT) end their MLP in ``output(intermediate(x), input_tensor)``, which may add
     # the stream: the MLP branch then ends in ``output``, and ``intermediate`` is only its first half.
