@@ -234,3 +234,32 @@ def test_a_projection_skip_held_by_the_block_leaves_its_branches_balanced():
     assert residual_branches(nn.Sequential(nn.Linear(4, 8), block, nn.Linear(16, 3)))[0].branches == (block.branch,)
     flat = _FlatBlock(8)  # a layer that is not a projection skip: the whole block is one branch
     assert residual_branches(nn.Sequential(nn.Linear(4, 8), flat, nn.Linear(8, 3)))[0].branches == ()
+
+
+class _PostNormOutput(_Output):
+    def __init__(self, width):
+        super().__init__(width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.norm(super().forward(hidden_states, input_tensor))
+
+
+class _PostNormLayer(_BertStyleLayer):
+    def __init__(self, width):
+        super().__init__(width)
+        self.output = _PostNormOutput(width)
+
+
+def test_an_output_that_normalizes_after_adding_the_stream_is_balanced_as_a_whole():
+    # The stream cannot be taken out of LayerNorm(branch + stream): the check on data says so, and the module is
+    # balanced as a whole, as any branch.
+    from px_hf.modeling.passes import LinearizedPasses
+
+    x = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    model = _net(_PostNormLayer)
+    scores = _scores(model, x, torch.arange(12) % 3, 1.0)
+    assert all(torch.isfinite(s).all() and s.abs().sum() > 0 for s in scores.values())
+    with LinearizedPasses(model, branch_share=1.0) as passes, passes.run("path"), torch.no_grad():
+        model(x[:1])
+        assert passes.residual._adds_stream == {model[1].output: False}

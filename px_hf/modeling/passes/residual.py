@@ -168,25 +168,27 @@ class ResidualScaling:
         does, what it adds to the stream is balanced, not the stream with it."""
         if self.passes.mode != "path":
             return None
-        names = list(inspect.signature(branch.forward).parameters)
-        stream = kwargs["input_tensor"] if "input_tensor" in kwargs else args[names.index("input_tensor")]
+        position = list(inspect.signature(branch.forward).parameters).index("input_tensor")
+        stream = kwargs["input_tensor"] if "input_tensor" in kwargs else args[position] if position < len(args) else None
+        if not isinstance(stream, torch.Tensor):
+            return self._balance_branch(branch, block, out)
         tensor = first_tensor(out)
         if branch not in self._adds_stream:
-            self._adds_stream[branch] = self._returns_input_plus(branch, args, kwargs, stream, tensor)
+            self._adds_stream[branch] = self._returns_input_plus(branch, args, kwargs, position, tensor)
         if not self._adds_stream[branch]:
             return self._balance_branch(branch, block, out)
         added = tensor - stream
         return with_first(out, stream + _balanced(added, self._target(branch, block, added)))
 
-    def _returns_input_plus(self, branch: nn.Module, args, kwargs, stream: torch.Tensor, out: torch.Tensor) -> bool:
-        """Whether ``branch`` returns its ``input_tensor`` plus something that does not depend on it (once per
-        module): with a zero stream its output must be ``out - stream``."""
-        names = list(inspect.signature(branch.forward).parameters)
+    def _returns_input_plus(self, branch: nn.Module, args, kwargs, position: int, out: torch.Tensor) -> bool:
+        """Whether ``branch`` returns its ``input_tensor`` (keyword, or argument ``position``) plus something that
+        does not depend on it (once per module): with a zero stream its output must be ``out - stream``."""
+        stream = kwargs["input_tensor"] if "input_tensor" in kwargs else args[position]
         zero = torch.zeros_like(stream)
         if "input_tensor" in kwargs:
             kwargs = {**kwargs, "input_tensor": zero}
         else:
-            args = tuple(zero if i == names.index("input_tensor") else a for i, a in enumerate(args))
+            args = (*args[:position], zero, *args[position + 1:])
         passes, mode = self.passes, self.passes.mode
         passes.mode = "off"  # the module as it is, none of the hooks
         try:
