@@ -102,8 +102,10 @@ class ResidualScaling:
         if residual.branches:
             for branch in residual.branches:
                 if branch in residual.closing:
+                    position = list(inspect.signature(branch.forward).parameters).index("input_tensor")
                     self._handles.append(branch.register_forward_hook(
-                        lambda m, a, kw, out, b=block: self._balance_closing(m, b, a, kw, out), with_kwargs=True))
+                        lambda m, a, kw, out, b=block, i=position: self._balance_closing(m, b, a, kw, i, out),
+                        with_kwargs=True))
                     continue
                 self._handles.append(branch.register_forward_hook(
                     lambda m, a, out, b=block: self._balance_branch(m, b, out)))
@@ -163,12 +165,12 @@ class ResidualScaling:
         tensor = first_tensor(out)
         return with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
 
-    def _balance_closing(self, branch: nn.Module, block: nn.Module, args, kwargs, out):
-        """A branch's last module that may add the stream itself, ``output(hidden_states, input_tensor)``: when it
-        does, what it adds to the stream is balanced, not the stream with it."""
+    def _balance_closing(self, branch: nn.Module, block: nn.Module, args, kwargs, position: int, out):
+        """A branch's last module that may add the stream itself, ``output(hidden_states, input_tensor)`` with
+        ``input_tensor`` at argument ``position``: when it does, what it adds to the stream is balanced, not the
+        stream with it."""
         if self.passes.mode != "path":
             return None
-        position = list(inspect.signature(branch.forward).parameters).index("input_tensor")
         stream = kwargs["input_tensor"] if "input_tensor" in kwargs else args[position] if position < len(args) else None
         if not isinstance(stream, torch.Tensor):
             return self._balance_branch(branch, block, out)
@@ -189,13 +191,7 @@ class ResidualScaling:
             kwargs = {**kwargs, "input_tensor": zero}
         else:
             args = (*args[:position], zero, *args[position + 1:])
-        passes, mode = self.passes, self.passes.mode
-        passes.mode = "off"  # the module as it is, none of the hooks
-        try:
-            with torch.no_grad():
-                alone = first_tensor(branch(*args, **kwargs))
-        finally:
-            passes.mode = mode
+        alone = self._unhooked(lambda: branch(*args, **kwargs))
         return alone.shape == out.shape and bool(torch.allclose(alone + stream.detach(), out.detach(), rtol=1e-4,
                                                                   atol=1e-6 * float(out.detach().abs().max())))
 
@@ -214,15 +210,19 @@ class ResidualScaling:
         ``x + branch(x)``, false of a stage without a skip, which must not be split as if it had one."""
         if module not in self._identity_skip:
             zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
-            passes, mode = self.passes, self.passes.mode
-            passes.mode = "off"  # the module as it is, none of the hooks
-            try:
-                with torch.no_grad():
-                    out = first_tensor(functional_call(module, zeros, (x.detach(),)))
-            finally:
-                passes.mode = mode
+            out = self._unhooked(lambda: functional_call(module, zeros, (x.detach(),)))
             self._identity_skip[module] = out.shape == x.shape and bool(torch.allclose(out, x))
         return self._identity_skip[module]
+
+    def _unhooked(self, run) -> torch.Tensor:
+        """The hidden states ``run()`` returns with every pass hook off and no gradient: a module as it is."""
+        passes, mode = self.passes, self.passes.mode
+        passes.mode = "off"
+        try:
+            with torch.no_grad():
+                return first_tensor(run())
+        finally:
+            passes.mode = mode
 
     def _block_hook(self, module: nn.Module, args, out):
         if self.passes.mode in ("off", "real"):
