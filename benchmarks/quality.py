@@ -4,7 +4,9 @@ Scenarios (small ResNet, ConvNeXt and ViT; sparsities 90%, 98%, 99.5%; seeds 0-2
 - ``scratch``: prune at initialization on a class-balanced pruning set (10 per class) of the training split, train
   with the converged schedule of ``fashion_schedule.py`` (AdamW, warm-up + cosine, flips), test on the 10k test set.
   Methods: dense, px, random, magnitude, snip, grasp, synflow, the PX sanity checks ``px+shuffle`` and
-  ``px+reinit``, and ``px+noise`` (PX scored on Gaussian noise instead of images: does the data matter?).
+  ``px+reinit``, and ``px+noise`` (PX scored on Gaussian noise instead of images: does the data matter?). Named
+  with ``--methods`` only: ``snip+shuffle``, and in the two transfer scenarios ``px+shuffle`` and ``snip+shuffle``
+  (each layer's kept positions redrawn, the pre-trained values kept: budget or choice of weights?).
 - ``transfer``: pre-train dense on classes 0-4 with the same schedule, put a new 5-way head on it, prune the
   pre-trained network with each method on a pruning set of classes 5-9 (the new head stays dense), fine-tune on
   classes 5-9 with the same schedule and test on them; ``dense`` transfers the unpruned network.
@@ -51,9 +53,13 @@ from fashion_schedule import ARCH, SCHEDULE, balanced_subset, evaluate, train  #
 
 SCENARIOS = ("scratch", "transfer", "cross")
 SCRATCH_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow", "px+shuffle", "px+reinit",
-                   "px+noise"]
-# Re-initializing or shuffling a pre-trained network throws its training away: the checks are from-scratch only.
+                   "px+noise", "snip+shuffle"]
+DEFAULT_METHODS = SCRATCH_METHODS[:-1]
 TRANSFER_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow"]
+# Re-initializing a pre-trained network throws its training away, so the default grid runs no check on one.
+# Shuffling only moves each layer's kept positions (the pre-trained values stay): asked for with --methods, it
+# tells whether a method wins by its layer budget or by the weights it picks inside the layers.
+PRETRAINED_CHECKS = ["px+shuffle", "snip+shuffle"]
 SPARSITIES = [0.9, 0.98, 0.995]
 HEAD = r"^classifier\."  # the new head of a transferred network is trained dense, as in recipes/finetune.py
 CACHE = os.path.join(HERE, ".cache")
@@ -175,6 +181,16 @@ def run_spec(scenario: str, family: str, method: str, sparsity: float, seed: int
                           exclude=None if scenario == "scratch" else [HEAD], **(px_options if scorer == "px" else {}))
         spec.update(sparsity=sparsity, config=config.to_dict(), noise=variant == "noise")
     return spec
+
+
+def grid(scenarios: list[str], families: list[str], seeds: list[int], methods: list[str], sparsities: list[float],
+         schedule: dict, px_options: dict, target_epochs: Optional[int], explicit_methods: bool) -> list[dict]:
+    """The specs of every run asked for; a pre-trained network gets the checks only when they are named."""
+    pretrained_methods = TRANSFER_METHODS + (PRETRAINED_CHECKS if explicit_methods else [])
+    return [run_spec(scenario, family, method, sparsity, seed, schedule, px_options, target_epochs)
+            for scenario in scenarios for family in families for seed in seeds
+            for method in methods if scenario == "scratch" or method in pretrained_methods
+            for sparsity in ([0.0] if method == "dense" else sparsities)]
 
 
 def method_label(spec: dict) -> str:
@@ -364,7 +380,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["resnet", "convnext", "vit"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=SCRATCH_METHODS, choices=SCRATCH_METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=SCRATCH_METHODS)
     parser.add_argument("--px", nargs="*", type=_option, default=[], metavar="KEY=VALUE",
                         help="PXConfig fields for the PX runs (variants are stored apart: the key includes them)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
@@ -377,6 +393,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs"))
     args = parser.parse_args()
+    explicit_methods = args.methods is not None
+    args.methods = args.methods or DEFAULT_METHODS
     schedule, name, target_epochs = dict(SCHEDULE), "quality", args.target_epochs
     if args.quick:
         args.seeds, args.sparsities, name = [0], [0.98], "quality-quick"
@@ -387,10 +405,8 @@ def main() -> None:
     if args.target_epochs is not None:
         name += f"-target-epochs-{args.target_epochs}"
     store = os.path.join(args.out, name)
-    specs = [run_spec(scenario, family, method, sparsity, seed, schedule, dict(args.px), target_epochs)
-             for scenario in args.scenarios for family in args.families for seed in args.seeds
-             for method in args.methods if scenario == "scratch" or method in TRANSFER_METHODS
-             for sparsity in ([0.0] if method == "dense" else args.sparsities)]
+    specs = grid(args.scenarios, args.families, args.seeds, args.methods, args.sparsities, schedule, dict(args.px),
+                 target_epochs, explicit_methods)
     todo = [s for s in specs if not os.path.exists(os.path.join(store, run_key(s) + ".json"))]
     print(f"{len(specs)} runs, {len(specs) - len(todo)} stored, {len(todo)} to do", flush=True)
     if todo and not args.report:

@@ -83,3 +83,17 @@ def test_quality_run_keys_see_the_target_epochs_only_where_they_differ_from_the_
     assert longer["target_epochs"] == 10 and quality.run_key(longer) != quality.run_key(default)
     cross = quality.run_spec("cross", *args[1:])  # digits is small: the cross scenario fine-tunes longer
     assert cross["target_epochs"] == quality.CROSS_TARGET_EPOCHS > quality.SCHEDULE["epochs"]
+
+
+def test_quality_grid_runs_checks_on_pretrained_networks_only_when_named():
+    quality = _quality_module()
+    common = (["cross"], ["resnet"], [0])
+    rest = ([0.995], dict(quality.SCHEDULE), {}, None)
+    default = {s["method"] for s in quality.grid(*common, quality.DEFAULT_METHODS, *rest, False)}
+    assert default == set(quality.TRANSFER_METHODS)
+    named = quality.grid(*common, ["snip", "snip+shuffle", "px+shuffle", "px+reinit"], *rest, True)
+    assert [s["method"] for s in named] == ["snip", "snip+shuffle", "px+shuffle"]  # no re-init of a trained network
+    shuffled = named[1]
+    assert shuffled["config"]["scorer"] == "snip" and shuffled["config"]["sanity_check"] == "shuffle"
+    scratch = quality.grid(["scratch"], ["resnet"], [0], quality.DEFAULT_METHODS, *rest, False)
+    assert {s["method"] for s in scratch} == set(quality.DEFAULT_METHODS)
