@@ -54,7 +54,7 @@ from fashion_schedule import ARCH, SCHEDULE, balanced_subset, evaluate, train  #
 SCENARIOS = ("scratch", "transfer", "cross")
 SCRATCH_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow", "px+shuffle", "px+reinit",
                    "px+noise", "snip+shuffle"]
-DEFAULT_METHODS = SCRATCH_METHODS[:-1]
+DEFAULT_METHODS = [m for m in SCRATCH_METHODS if m != "snip+shuffle"]  # the grid without --methods
 TRANSFER_METHODS = ["dense", "px", "random", "magnitude", "snip", "grasp", "synflow"]
 # Re-initializing a pre-trained network throws its training away, so the default grid runs no check on one.
 # Shuffling only moves each layer's kept positions (the pre-trained values stay): asked for with --methods, it
@@ -380,7 +380,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["resnet", "convnext", "vit"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=None, choices=SCRATCH_METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=SCRATCH_METHODS,
+                        help="default: every method but snip+shuffle; checks on pre-trained networks only when named")
     parser.add_argument("--px", nargs="*", type=_option, default=[], metavar="KEY=VALUE",
                         help="PXConfig fields for the PX runs (variants are stored apart: the key includes them)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
