@@ -176,16 +176,17 @@ class ResidualScaling:
             return self._balance_branch(branch, block, out)
         tensor = first_tensor(out)
         if branch not in self._adds_stream:
-            self._adds_stream[branch] = self._returns_input_plus(branch, args, kwargs, position, tensor)
+            self._adds_stream[branch] = self._returns_input_plus(branch, args, kwargs, position, stream, tensor)
         if not self._adds_stream[branch]:
             return self._balance_branch(branch, block, out)
         added = tensor - stream
         return with_first(out, stream + _balanced(added, self._target(branch, block, added)))
 
-    def _returns_input_plus(self, branch: nn.Module, args, kwargs, position: int, out: torch.Tensor) -> bool:
-        """Whether ``branch`` returns its ``input_tensor`` (keyword, or argument ``position``) plus something that
-        does not depend on it (once per module): with a zero stream its output must be ``out - stream``."""
-        stream = kwargs["input_tensor"] if "input_tensor" in kwargs else args[position]
+    def _returns_input_plus(self, branch: nn.Module, args, kwargs, position: int, stream: torch.Tensor,
+                            out: torch.Tensor) -> bool:
+        """Whether ``branch`` returns its ``input_tensor`` ``stream`` (keyword, or argument ``position``) plus
+        something that does not depend on it (once per module): with a zero stream its output must be
+        ``out - stream``."""
         zero = torch.zeros_like(stream)
         if "input_tensor" in kwargs:
             kwargs = {**kwargs, "input_tensor": zero}
