@@ -2,7 +2,8 @@
 
 Prunes the network a run of ``benchmarks/quality.py`` would prune (same scenario, family, seed and pruning set; the
 pre-trained networks come from its cache) with each method, and prints a table of kept weights per layer, one
-column per method. PX variants are given as ``px:KEY=VALUE``.
+column per method. PX variants are given as ``px:KEY=VALUE``. For PX with a share rule (``floored``, ``initial``) a
+second table gives each residual branch's share in the first path pass, and the floor it was raised to.
 
     python benchmarks/layer_budget.py --scenario transfer --family convnext --seed 0 --sparsity 0.98 \\
         --methods px synflow px:px_branch_share=1.0
@@ -11,6 +12,7 @@ column per method. PX variants are given as ``px:KEY=VALUE``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -23,9 +25,24 @@ import quality  # noqa: E402
 from _report import save_results  # noqa: E402
 
 
-def kept_per_layer(scenario: str, family: str, seed: int, sparsity: float, method: str) -> dict[str, list[int]]:
+class _ShareRecorder(logging.Handler):
+    """Keeps the branch shares px_hf logs (at DEBUG) after PX's first path pass."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.shares: dict[str, float] = {}
+        self.floor = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "branch_shares"):
+            self.shares, self.floor = record.branch_shares, record.share_floor
+
+
+def kept_per_layer(scenario: str, family: str, seed: int, sparsity: float,
+                   method: str) -> tuple[dict[str, list[int]], dict[str, float], float]:
     """Parameter name -> [kept, total] after pruning with ``method`` (``scorer`` or ``px:KEY=VALUE``), on the
-    network and pruning set of the matching ``quality.py`` run."""
+    network and pruning set of the matching ``quality.py`` run; with the first-round branch shares (branch name ->
+    share; empty unless PX follows a share rule) and the floor they were raised to (0: none)."""
     from px_hf import PXConfig, PXPruner
     from px_hf.config import parse_override
 
@@ -33,8 +50,16 @@ def kept_per_layer(scenario: str, family: str, seed: int, sparsity: float, metho
     spec = quality.run_spec(scenario, family, scorer, sparsity, seed, dict(quality.SCHEDULE),
                             dict([parse_override(option)]) if option else {})
     model, _, train_data, _ = quality.network_to_prune(spec)
-    masks = PXPruner(model, PXConfig.from_dict(spec["config"])).prune(train_data, progress=False)
-    return {name: [int(mask.sum()), mask.numel()] for name, mask in masks.items()}
+    recorder, residual_log = _ShareRecorder(), logging.getLogger("px_hf.modeling.passes.residual")
+    level = residual_log.level
+    residual_log.addHandler(recorder)
+    residual_log.setLevel(logging.DEBUG)
+    try:
+        masks = PXPruner(model, PXConfig.from_dict(spec["config"])).prune(train_data, progress=False)
+    finally:
+        residual_log.removeHandler(recorder)
+        residual_log.setLevel(level)
+    return {name: [int(mask.sum()), mask.numel()] for name, mask in masks.items()}, recorder.shares, recorder.floor
 
 
 def main() -> None:
@@ -60,7 +85,9 @@ def main() -> None:
         except ConfigError as err:
             parser.error(f"--methods {method}: {err}")
     torch.set_num_threads(1)
-    kept = {m: kept_per_layer(args.scenario, args.family, args.seed, args.sparsity, m) for m in args.methods}
+    measured = {m: kept_per_layer(args.scenario, args.family, args.seed, args.sparsity, m) for m in args.methods}
+    kept = {m: result[0] for m, result in measured.items()}
+    shares = {m: {"shares": result[1], "floor": result[2]} for m, result in measured.items() if result[1]}
     layers = list(kept[args.methods[0]])
     lines = [f"Kept weights per layer: {args.scenario} {args.family}, seed {args.seed}, {args.sparsity:.1%} sparsity "
              f"(`python benchmarks/layer_budget.py --scenario {args.scenario} --family {args.family} --seed "
@@ -70,8 +97,17 @@ def main() -> None:
               for n in layers]
     lines.append("| total | " + str(sum(kept[args.methods[0]][n][1] for n in layers)) + " | "
                  + " | ".join(str(sum(kept[m][n][0] for n in layers)) for m in args.methods) + " |")
+    if shares:
+        ruled = list(shares)
+        lines += ["", "Residual branch shares in PX's first path pass (the mean magnitude of the branch's output over "
+                  "that of the stream entering its block), and the floor they are raised to:", "",
+                  "| branch | " + " | ".join(ruled) + " |", "|---|" + "---|" * len(ruled)]
+        lines += [f"| {b} | " + " | ".join(f"{shares[m]['shares'].get(b, float('nan')):.3g}" for m in ruled) + " |"
+                  for b in shares[ruled[0]]["shares"]]
+        lines.append("| floor | " + " | ".join(f"{shares[m]['floor']:.3g}" if shares[m]["floor"] else "none"
+                                               for m in ruled) + " |")
     name = f"layer_budget_{args.scenario}_{args.family}_s{args.seed}_{args.sparsity}"
-    save_results(args.out, name, {"args": vars(args), "kept": kept}, "\n".join(lines))
+    save_results(args.out, name, {"args": vars(args), "kept": kept, "branch_shares": shares}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,33 @@ def test_floored_shares_have_an_absolute_floor_when_every_branch_starts_almost_s
     assert all(floored[branch] == residual.SHARE_FLOOR for branch in raw)
 
 
+@pytest.mark.parametrize("share", ["floored", "initial", 1.0])
+def test_the_first_path_pass_logs_each_branch_share_and_the_floor(share, caplog):
+    """After the first path pass the share rules log every branch's share by name, with the floor ("floored":
+    the median, at least SHARE_FLOOR; "initial": none), at DEBUG; a fixed share has nothing to report."""
+    from px_hf.modeling.passes import residual
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), *[_BranchBlock(8) for _ in range(3)], nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].branch.fc2.weight.mul_(1e-2)
+    x = torch.randn(30, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("DEBUG", logger=residual.__name__):
+        PXPruner(model.double(), PXConfig(sparsity=0.5, rounds=3, examples_per_class=None, px_branch_share=share)
+                 ).prune((x, torch.arange(30) % 3), progress=False)
+    records = [r for r in caplog.records if hasattr(r, "branch_shares")]
+    if share == 1.0:
+        assert records == []
+        return
+    assert len(records) == 1  # the first path pass only
+    shares, floor = records[0].branch_shares, records[0].share_floor
+    assert sorted(shares) == ["1.branch", "2.branch", "3.branch"]
+    assert shares["2.branch"] < 0.1 * min(shares["1.branch"], shares["3.branch"])  # the quiet one
+    median = sorted(shares.values())[1]
+    assert floor == pytest.approx(max(median, residual.SHARE_FLOOR) if share == "floored" else 0.0, rel=1e-6)
+    assert "2.branch=" in records[0].getMessage()
+
+
 class _Intermediate(nn.Module):
     def __init__(self, width):
         super().__init__()

@@ -14,6 +14,7 @@ the path mass, the conservation that keeps the layers of a plain chain alive (do
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -26,6 +27,8 @@ from ..structure import ResidualBlock, nested_blocks, residual_block, residual_b
 
 if TYPE_CHECKING:
     from .engine import LinearizedPasses
+
+logger = logging.getLogger(__name__)
 
 
 # The lowest floor of the "floored" rule. At transformers' initialization SegFormer, PVT-v2, MobileNetV2, MobileViT,
@@ -82,7 +85,8 @@ class ResidualScaling:
         self._adds_stream: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
         self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
-        self._floored = False
+        self._shares_fixed = False
+        self._names = {module: name for name, module in model.named_modules()}
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self._handles: list = []
         self.passes: Optional["LinearizedPasses"] = None
@@ -131,15 +135,22 @@ class ResidualScaling:
         self._handles.clear()
 
     def end_of_pass(self, mode: str) -> None:
-        """Forget the pass's streams; after the first path pass, floor the shares (``"floored"``)."""
-        if mode == "path" and self.branch_share == "floored" and self._shares and not self._floored:
-            floor = max(float(torch.tensor(list(self._shares.values())).median()), SHARE_FLOOR)
+        """Forget the pass's streams; after the first path pass, log the shares and floor them (``"floored"``)."""
+        if mode == "path" and self._shares and not self._shares_fixed:
+            median = float(torch.tensor(list(self._shares.values())).median())
+            floor = max(median, SHARE_FLOOR) if self.branch_share == "floored" else 0.0
+            if logger.isEnabledFor(logging.DEBUG):
+                shares = {self._names.get(branch, "?"): share for branch, share in self._shares.items()}
+                logger.debug("branch shares in the first path pass (%s; median %.3g%s): %s", self.branch_share,
+                             median, f", raised to at least {floor:.3g}" if floor else "",
+                             ", ".join(f"{name}={share:.3g}" for name, share in shares.items()),
+                             extra={"branch_shares": shares, "share_floor": floor})
             # Every share below the median of the first path pass's shares is raised to it: a pre-trained network
             # keeps its own balance, while branches that start almost silent (a layer scale of 1e-6, a zero-init
             # residual) are not starved of path mass and removed whole. SHARE_FLOOR does the same when every
             # branch starts almost silent, and the median with it.
             self._shares = {branch: max(share, floor) for branch, share in self._shares.items()}
-            self._floored = True
+            self._shares_fixed = True
         self._stream.clear()
         self._block_inputs.clear()
 
