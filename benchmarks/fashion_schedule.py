@@ -34,6 +34,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _report import write_json  # noqa: E402
 from px_hf.fashion_mnist import load_fashion_mnist  # noqa: E402
 from px_hf.zoo import FAMILIES, small_model  # noqa: E402
 
@@ -261,9 +262,7 @@ def main() -> None:
                            wall_seconds=time.perf_counter() - started,
                            parameters=sum(p.numel() for p in model.parameters()),
                            torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor())
-                with open(path + ".tmp", "w") as handle:
-                    json.dump(row, handle, indent=2)
-                os.replace(path + ".tmp", path)  # a killed run leaves no half-written result
+                write_json(path, row)
                 rows.append(row)
                 print(f"{family} e{epochs} s{seed}: acc {row['accuracy']:.4f} curve {result['curve']} "
                       f"loss {result['final_train_loss']:.3f} {row['wall_seconds']:.0f}s", flush=True)

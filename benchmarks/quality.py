@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _report import save_results  # noqa: E402
+from _report import save_results, write_json  # noqa: E402
 from fashion_schedule import ARCH, SCHEDULE, balanced_subset, evaluate, train  # noqa: E402
 
 SCENARIOS = ("scratch", "transfer", "cross")
@@ -255,9 +255,7 @@ def run_one(spec: dict, store: str) -> dict:
            "ntk_ratio": trace / dense_trace, "source_accuracy": source_accuracy, "prune_seconds": prune_seconds,
            "train_seconds": result["train_seconds"], "spec": spec}
     os.makedirs(store, exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(row, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, row, indent=1)
     return row
 
 

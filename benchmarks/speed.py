@@ -4,8 +4,9 @@ with the number of pruning examples and with model size.
 Random-init models, float32, all CPU threads, 224 px, batches of 8. Four tables:
 
 - scorers: ResNet-50, ConvNeXt-Tiny and ViT-Base, every scorer, pruning on one batch;
-- examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples, under glibc's default allocator and
-  with a fixed 64 KiB mmap threshold;
+- examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples, under glibc's default allocator, with
+  a fixed 64 KiB mmap threshold (``mmap``) and with freed memory kept for reuse (``heap``);
+- allocators: PX on the models of the scorers table under glibc's default allocator and ``heap``;
 - sizes: PX on ResNet-18/34/50/101 and ViT-Small/Base (``--sizes vit-large`` adds ViT-Large, about 3 minutes);
 - the main job: the pruning of ``px-hf prune`` with its defaults, rounds per second and where the time goes.
 
@@ -16,8 +17,11 @@ activations (the extra memory of a forward with autograd on). Targets: a PX roun
 forward passes (``speed_types.py``: at most 4 on every covered model type), and its extra memory is at most one copy of the parameters plus one forward pass's activations.
 
 Each measurement runs in its own spawned process so that one's peak memory does not hide another's; a
-measurement shared by two tables runs once. The defaults take about 23 minutes on 2 CPU cores; ``--quick``
-(64 px, ResNet-50 and ResNet-18, 2 rounds) about a minute, for smoke tests.
+measurement shared by two tables runs once. Measurements are stored in ``<out>/speed_measurements/``, keyed by
+their settings and the git version of ``px_hf/``, and skipped when present, so an interrupted run resumes and a new
+table measures only its new rows (nothing is stored while ``px_hf/`` has uncommitted changes). The defaults take
+about 27 minutes on 2 CPU cores; ``--quick`` (64 px, ResNet-50 and ResNet-18, 2 rounds) about a minute, for smoke
+tests.
 
     python benchmarks/speed.py [--quick] [--models resnet-50 ...] [--scorers px snip ...] [--examples 8 16 ...]
                                [--sizes resnet-18 ...] [--batch 8] [--repeats 3] [--out benchmarks/results]
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -38,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from _report import save_results
+from _report import code_version, save_results, write_json
 
 from px_hf.scoring import scorer_names
 
@@ -104,15 +109,32 @@ class Measurement:
     allocator: str = "glibc"
 
 
-def _fixed_mmap_threshold() -> None:
-    """Make glibc serve every allocation of 64 KiB or more with its own mmap, returned to the system when freed
-    (``mallopt(M_MMAP_THRESHOLD, 65536)``, the same as ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment). By
-    default glibc raises that threshold after large blocks are freed and keeps later large blocks in its heap,
-    where freed memory stays resident for reuse."""
+# glibc's mallopt parameters: M_TRIM_THRESHOLD (-1) and M_MMAP_THRESHOLD (-3). Setting either one turns off glibc's
+# own adjustment of both.
+ALLOCATORS: dict[str, dict[int, int]] = {
+    # The default: blocks of 128 KiB or more are mapped and returned when freed, until frees of larger mapped blocks
+    # raise that threshold (up to 32 MiB) and later blocks stay in the heap; the heap's free top is returned to the
+    # system above twice the threshold.
+    "glibc": {},
+    # Every block of 64 KiB or more is mapped and returned when freed: memory follows what is live, page faults on
+    # every large allocation.
+    "mmap": {-3: 65536},
+    # Blocks up to 32 MiB come from the heap and freed memory is kept for reuse up to 1 GiB: fewer page faults.
+    "heap": {-3: 32 << 20, -1: 1 << 30},
+}
+
+
+_ENV = {"mmap": "`MALLOC_MMAP_THRESHOLD_=65536`",
+        "heap": "`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`"}
+
+
+def _set_allocator(allocator: str) -> None:
     import ctypes
 
-    if not ctypes.CDLL("libc.so.6").mallopt(-3, 65536):  # -3: M_MMAP_THRESHOLD
-        raise OSError("mallopt(M_MMAP_THRESHOLD) failed")
+    libc = ctypes.CDLL("libc.so.6")
+    for parameter, value in ALLOCATORS[allocator].items():
+        if not libc.mallopt(parameter, value):
+            raise OSError(f"mallopt({parameter}, {value}) failed")
 
 
 TYPE_PREFIX = "type:"  # a Measurement's model "type:<model_type>": that transformers type's default config
@@ -140,8 +162,7 @@ def _measure(m: Measurement) -> dict[str, float]:
     from px_hf.modeling.io import forward
 
     torch.set_num_threads(m.threads)
-    if m.allocator == "mmap":
-        _fixed_mmap_threshold()
+    _set_allocator(m.allocator)
     model = _build(m.model, m.image_size)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(m.examples, 3, m.image_size, m.image_size, generator=generator)
@@ -210,20 +231,35 @@ def main_job_row(threads: int) -> dict[str, Any]:
 
 
 @functools.cache
-def _run(m: Measurement) -> dict[str, float]:
+def _run(m: Measurement, store: str) -> dict[str, float]:
+    """``m``'s result: stored in ``store`` under its settings and the version of px_hf, else measured (and stored
+    when px_hf has no uncommitted changes)."""
+    version = code_version()
+    path = None
+    if version is not None:
+        key = hashlib.sha256(json.dumps({**asdict(m), "px_hf": version}, sort_keys=True).encode()).hexdigest()[:12]
+        path = os.path.join(store, f"{model_label(m.model)}-{m.kind}-{key}.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                return json.load(handle)["result"]
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         result = pool.submit(_measure, m).result()
     print(json.dumps({**asdict(m), **result}), flush=True)  # progress: the full run takes minutes
+    if path is not None:
+        os.makedirs(store, exist_ok=True)
+        write_json(path, {"measurement": asdict(m), "px_hf": version, "result": result})
     return result
 
 
 def round_row(args: argparse.Namespace, model: str, scorer: str, examples: int,
               allocator: str = "glibc") -> dict[str, Any]:
-    """A table row: ``scorer``'s round on ``model`` with ``examples`` pruning images, against a forward pass."""
+    """A table row: ``scorer``'s round on ``model`` with ``examples`` pruning images, against a forward pass under
+    the same allocator."""
+    store = os.path.join(args.out, "speed_measurements")
     fwd = _run(Measurement("forward", model, args.batch, args.batch, args.image_size, args.repeats, args.threads,
-                           allocator))
+                           allocator), store)
     run = _run(Measurement(scorer, model, examples, args.batch, args.image_size, args.repeats, args.threads,
-                           allocator))
+                           allocator), store)
     mb = 2**20
     return {
         "model": model_label(model), "params_m": fwd["params"] / 1e6, "scorer": scorer, "examples": examples,
@@ -275,10 +311,12 @@ def main() -> None:
 
     results = {
         "settings": {"image_size": args.image_size, "batch": args.batch, "repeats": args.repeats,
-                     "threads": args.threads, "sparsity": SPARSITY, "dtype": "float32"},
+                     "threads": args.threads, "sparsity": SPARSITY, "dtype": "float32", "px_hf": code_version()},
         "scorers": [round_row(args, m, s, args.batch) for m in args.models for s in args.scorers],
-        "examples": [round_row(args, args.example_model, s, n, allocator) for allocator in ("glibc", "mmap")
+        "examples": [round_row(args, args.example_model, s, n, allocator) for allocator in ("glibc", "mmap", "heap")
                      for s in args.example_scorers for n in args.examples],
+        "allocators": [round_row(args, m, "px", args.batch, allocator) for m in args.models
+                       for allocator in ("glibc", "heap")],
         "sizes": [round_row(args, m, "px", args.batch) for m in args.sizes],
         "main_job": [main_job_row(args.threads)],
     }
@@ -300,8 +338,17 @@ def main() -> None:
             "Each round scores the batches one after another, so time is expected to grow linearly with them and "
             f"memory to stay flat\napart from the pruning set itself ({image_mb:.2f} MB per image). Forward: one "
             "batch. Allocator: glibc's default, which keeps freed large blocks\nresident for reuse once it has "
-            "raised its mmap threshold, or `mmap`: every block of 64 KiB or more mapped and returned when freed "
-            "(`MALLOC_MMAP_THRESHOLD_=65536`).",
+            "raised its mmap threshold; `mmap`: every block of 64 KiB or more mapped and returned when freed "
+            f"({_ENV['mmap']});\n`heap`: blocks up to 32 MiB from the heap, freed memory kept up to 1 GiB "
+            f"({_ENV['heap']}).",
+        ),
+        markdown(
+            f"PX under two allocators ({setting})",
+            {"model": "{model}", "allocator": "{allocator}", "forward (s)": "{forward_s:.2f}", **_ROUND,
+             **_MEMORY}, results["allocators"],
+            "Forward and round measured under the same allocator; glibc's default rows are the first table's. "
+            f"`heap`: {_ENV['heap']} in the environment\n(or the same mallopt calls) before the process starts "
+            "its work.",
         ),
         markdown(
             f"PX against model size ({setting})",

@@ -3,9 +3,10 @@ one forward pass, each type at its default config (the real architecture, random
 
 Target: at most 4 forward passes per round on every covered type. The types are those whose PX data pass is
 linear in ``benchmarks/results/coverage.json`` (regenerate it with ``python benchmarks/coverage.py``). Each type
-runs in its own spawned process (see ``speed.py`` for how a round and a forward pass are timed); each type's
-row is stored in ``benchmarks/results/speed_types/`` under the commit and settings and skipped when present, so an
-interrupted run resumes. Writes ``benchmarks/results/speed_types.{md,json}``. About 10 minutes on 2 CPU cores.
+runs in its own spawned process (see ``speed.py`` for how a round and a forward pass are timed, and stored: each
+measurement is kept under ``benchmarks/results/speed_measurements/``, keyed by its settings and the version of
+``px_hf/``, and skipped when present, so an interrupted run resumes). Writes
+``benchmarks/results/speed_types.{md,json}``. About 27 minutes on 2 CPU cores.
 
     python benchmarks/speed_types.py [--types vit resnet ...] [--batch 8] [--repeats 2] [--threads 2]
 """
@@ -13,12 +14,10 @@ interrupted run resumes. Writes ``benchmarks/results/speed_types.{md,json}``. Ab
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import subprocess
 
-from _report import save_results
+from _report import code_version, save_results
 from speed import TYPE_PREFIX, markdown, round_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,14 +31,6 @@ def covered_types() -> list[str]:
     return sorted(t for t, checks in coverage.items() if checks["test_px_data_pass_is_linear"][0] == "passed")
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="+", help="model types (default: every type PX covers)")
@@ -50,25 +41,11 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     types = args.types or covered_types()
-    settings = {"image_size": args.image_size, "batch": args.batch, "repeats": args.repeats,
-                "threads": args.threads, "commit": _commit()}
-    store = os.path.join(args.out, "speed_types")
-    os.makedirs(store, exist_ok=True)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    rows = []
-    for model_type in types:
-        path = os.path.join(store, f"{model_type}-{digest}.json")
-        if not os.path.exists(path):
-            row = {**round_row(args, TYPE_PREFIX + model_type, "px", args.batch), "settings": settings}
-            with open(path + ".tmp", "w") as handle:
-                json.dump(row, handle, indent=2)
-            os.replace(path + ".tmp", path)
-        with open(path) as handle:
-            rows.append(json.load(handle))
+    rows = [round_row(args, TYPE_PREFIX + model_type, "px", args.batch) for model_type in types]
     over = [r["model"] for r in rows if r["round_over_forward"] > TARGET]
     table = markdown(
         f"PX round cost per model type, default configs ({args.image_size} px, batch {args.batch}, float32, CPU "
-        f"threads: {args.threads}, commit {settings['commit']})",
+        f"threads: {args.threads}, px_hf version {code_version() or 'uncommitted'})",
         {"type": "{model}", "params": "{params_m:.1f} M", "forward (s)": "{forward_s:.3f}", "round (s)": "{round_s:.3f}",
          "round / forward": "{round_over_forward:.2f}", "extra / (params + activations)": "{extra_over_budget:.2f}"},
         rows,

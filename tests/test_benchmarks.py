@@ -26,17 +26,58 @@ def test_speed_quick_reports_every_scorer(tmp_path):
         for field in ("forward_s", "round_s", "round_over_forward", "params_mb", "activations_mb", "extra_mb",
                       "extra_over_budget"):
             assert math.isfinite(row[field]) and row[field] > 0, (row["model"], row["scorer"], field, row[field])
+    assert [(row["model"], row["allocator"]) for row in results["allocators"]] == [
+        ("ResNet-50", "glibc"), ("ResNet-50", "heap")]
+    assert {row["allocator"] for row in results["examples"]} == {"glibc", "mmap", "heap"}
     assert "| grasp |" in (tmp_path / "speed.md").read_text()
 
 
-def _quality_module():
+def _benchmark_module(name):
     import importlib.util
 
-    path = os.path.join(os.path.dirname(SPEED), "quality.py")
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    here = os.path.dirname(SPEED)
+    if here not in sys.path:  # the scripts import their shared helpers (_report) as top-level modules
+        sys.path.insert(0, here)
+    path = os.path.join(here, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def test_speed_measurements_are_stored_under_the_px_hf_version_and_reused(tmp_path, monkeypatch):
+    """A measurement is taken once per px_hf version; with uncommitted changes (no version) nothing is stored."""
+    speed = _benchmark_module("speed")
+    taken = []
+
+    class Pool:  # stands in for the spawned process: counts the measurements actually taken
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, m):
+            taken.append(m)
+            return type("Done", (), {"result": lambda _: {"seconds": 0.5 + len(taken), "extra_bytes": 1}})()
+
+    monkeypatch.setattr(speed, "ProcessPoolExecutor", Pool)
+    m = speed.Measurement("px", "resnet-18", 8, 8, 64, 1, 1)
+    results = []
+    for version in ("v1", "v1", "v2", None, None):
+        monkeypatch.setattr(speed, "code_version", lambda v=version: v)
+        speed._run.cache_clear()
+        results.append(speed._run(m, str(tmp_path))["seconds"])
+    assert results == [1.5, 1.5, 2.5, 3.5, 4.5]  # v1 reused; v2, and each unversioned run, measured anew
+    assert len(os.listdir(tmp_path)) == 2
+
+
+def _quality_module():
+    return _benchmark_module("quality")
 
 
 def test_quality_tables_mark_the_best_and_ties_and_label_px_variants():
