@@ -238,7 +238,7 @@ def _run(m: Measurement, store: str) -> dict[str, float]:
     path = None
     if version is not None:
         key = hashlib.sha256(json.dumps({**asdict(m), "px_hf": version}, sort_keys=True).encode()).hexdigest()[:12]
-        path = os.path.join(store, f"{model_label(m.model)}-{m.kind}-{key}.json")
+        path = os.path.join(store, f"{model_label(m.model).replace('/', '-')}-{m.kind}-{key}.json")
         if os.path.exists(path):
             with open(path) as handle:
                 return json.load(handle)["result"]

@@ -66,7 +66,7 @@ def test_speed_measurements_are_stored_under_the_px_hf_version_and_reused(tmp_pa
             return type("Done", (), {"result": lambda _: {"seconds": 0.5 + len(taken), "extra_bytes": 1}})()
 
     monkeypatch.setattr(speed, "ProcessPoolExecutor", Pool)
-    m = speed.Measurement("px", "resnet-18", 8, 8, 64, 1, 1)
+    m = speed.Measurement("px", "vit-base", 8, 8, 64, 1, 1)  # its label, ViT-Base/16, holds a slash
     results = []
     for version in ("v1", "v1", "v2", None, None):
         monkeypatch.setattr(speed, "code_version", lambda v=version: v)
