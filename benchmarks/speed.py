@@ -1,7 +1,7 @@
 """Speed and memory of pruning: time per round and peak extra memory for PX and every baseline, and how they grow
 with the number of pruning examples and with model size.
 
-Random-init models, float32, all CPU threads, 224 px, batches of 8. Four tables:
+Random-init models, float32, all CPU threads, 224 px, batches of 8. Five tables:
 
 - scorers: ResNet-50, ConvNeXt-Tiny and ViT-Base, every scorer, pruning on one batch;
 - examples: PX and SNIP on ResNet-50 with 8, 16, 32 and 64 pruning examples, under glibc's default allocator, with
@@ -20,7 +20,7 @@ Each measurement runs in its own spawned process so that one's peak memory does 
 measurement shared by two tables runs once. Measurements are stored in ``<out>/speed_measurements/``, keyed by
 their settings and the git version of ``px_hf/``, and skipped when present, so an interrupted run resumes and a new
 table measures only its new rows (nothing is stored while ``px_hf/`` has uncommitted changes). The defaults take
-about 27 minutes on 2 CPU cores; ``--quick`` (64 px, ResNet-50 and ResNet-18, 2 rounds) about a minute, for smoke
+about 27 minutes on 2 CPU cores; ``--quick`` (64 px, ResNet-50 and ResNet-18, 2 rounds) a few minutes, for smoke
 tests.
 
     python benchmarks/speed.py [--quick] [--models resnet-50 ...] [--scorers px snip ...] [--examples 8 16 ...]
@@ -109,32 +109,34 @@ class Measurement:
     allocator: str = "glibc"
 
 
-# glibc's mallopt parameters: M_TRIM_THRESHOLD (-1) and M_MMAP_THRESHOLD (-3). Setting either one turns off glibc's
-# own adjustment of both.
-ALLOCATORS: dict[str, dict[int, int]] = {
+# glibc's mallopt parameters, by the environment variable that sets each at start-up. Setting either one turns off
+# glibc's own adjustment of both.
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}
+ALLOCATORS: dict[str, dict[str, int]] = {
     # The default: blocks of 128 KiB or more are mapped and returned when freed, until frees of larger mapped blocks
     # raise that threshold (up to 32 MiB) and later blocks stay in the heap; the heap's free top is returned to the
     # system above twice the threshold.
     "glibc": {},
     # Every block of 64 KiB or more is mapped and returned when freed: memory follows what is live, page faults on
     # every large allocation.
-    "mmap": {-3: 65536},
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": 65536},
     # Blocks up to 32 MiB come from the heap and freed memory is kept for reuse up to 1 GiB: fewer page faults.
-    "heap": {-3: 32 << 20, -1: 1 << 30},
+    "heap": {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 1 << 30},
 }
 
 
-_ENV = {"mmap": "`MALLOC_MMAP_THRESHOLD_=65536`",
-        "heap": "`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`"}
+def _env(allocator: str) -> str:
+    """The environment that gives ``allocator`` to a process, as markdown."""
+    return "`" + " ".join(f"{name}={value}" for name, value in ALLOCATORS[allocator].items()) + "`"
 
 
 def _set_allocator(allocator: str) -> None:
     import ctypes
 
     libc = ctypes.CDLL("libc.so.6")
-    for parameter, value in ALLOCATORS[allocator].items():
-        if not libc.mallopt(parameter, value):
-            raise OSError(f"mallopt({parameter}, {value}) failed")
+    for name, value in ALLOCATORS[allocator].items():
+        if not libc.mallopt(_MALLOPT[name], value):
+            raise OSError(f"mallopt({_MALLOPT[name]}, {value}) failed ({name})")
 
 
 TYPE_PREFIX = "type:"  # a Measurement's model "type:<model_type>": that transformers type's default config
@@ -339,15 +341,15 @@ def main() -> None:
             f"memory to stay flat\napart from the pruning set itself ({image_mb:.2f} MB per image). Forward: one "
             "batch. Allocator: glibc's default, which keeps freed large blocks\nresident for reuse once it has "
             "raised its mmap threshold; `mmap`: every block of 64 KiB or more mapped and returned when freed "
-            f"({_ENV['mmap']});\n`heap`: blocks up to 32 MiB from the heap, freed memory kept up to 1 GiB "
-            f"({_ENV['heap']}).",
+            f"({_env('mmap')});\n`heap`: blocks up to 32 MiB from the heap, freed memory kept up to 1 GiB "
+            f"({_env('heap')}).",
         ),
         markdown(
             f"PX under two allocators ({setting})",
             {"model": "{model}", "allocator": "{allocator}", "forward (s)": "{forward_s:.2f}", **_ROUND,
              **_MEMORY}, results["allocators"],
             "Forward and round measured under the same allocator; glibc's default rows are the first table's. "
-            f"`heap`: {_ENV['heap']} in the environment\n(or the same mallopt calls) before the process starts "
+            f"`heap`: {_env('heap')} in the environment\n(or the same mallopt calls) before the process starts "
             "its work.",
         ),
         markdown(
