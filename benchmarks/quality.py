@@ -278,6 +278,14 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
 
 
+def _within_one_std(values: list[float], best: list[float]) -> bool:
+    """Whether the mean of ``values`` is at most one standard deviation of ``best`` (over its seeds) below the
+    mean of ``best``. The best's spread, not the method's own: a method that varies a lot between seeds (one that
+    collapses on some) must not count as tied for that reason."""
+    spread = statistics.stdev(best) if len(best) > 1 else 0.0
+    return statistics.mean(values) >= statistics.mean(best) - spread
+
+
 def summarize(rows: list[dict], sparsities: list[float]) -> str:
     """One table per scenario (accuracy / collapsed layers / NTK-trace ratio, mean ± std over seeds; the best
     sparse method per column in bold, with those within one std of it; sanity checks and PX variants shown but not
@@ -307,9 +315,8 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
                     rivals = {m: [r["accuracy"] for r in fam if r["method"] == m and r["sparsity"] == sparsity]
                               for m in methods if _competes(m)}
                     # (dense has no rivals in a column where no sparse run is stored yet)
-                    best = max(((statistics.mean(v), m) for m, v in rivals.items() if v), default=None)
-                    tied = method != "dense" and best is not None and (method == best[1] or statistics.mean(
-                        accuracy) + (statistics.stdev(accuracy) if len(accuracy) > 1 else 0) >= best[0])
+                    best = max((v for v in rivals.values() if v), key=statistics.mean, default=None)
+                    tied = method != "dense" and best is not None and _within_one_std(accuracy, best)
                     text = _cell(accuracy, ".3f")
                     cells.append(f"{'**' + text + '**' if tied else text} / "
                                  f"{_cell([float(r['collapsed']) for r in sel], '.1f')} / "
