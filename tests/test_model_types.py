@@ -30,7 +30,6 @@ FAILS_TO_SCORE: dict[str, str] = {}
 # model type -> the module PX's linearity check names: it computes a non-linearity without a pass rule, so PX
 # refuses the model (the baselines still prune it). Measured with the check of px_hf.modeling.passes.linearity.
 NOT_LINEAR: dict[str, str] = {
-    "focalnet": "FocalNetModulation (focal modulation product)",
     "mobilevitv2": "MobileViTV2LinearSelfAttention (softmax context scores)",
     "swiftformer": "SwiftFormerEfficientAdditiveAttention (additive attention with a normalized query)",
 }

@@ -172,6 +172,62 @@ def test_a_gate_that_is_not_a_product_is_refused_by_name():
         PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(data, progress=False)
 
 
+def _focal_net(broken: bool = False) -> nn.Module:
+    """A conv stem, transformers' FocalNet modulation (two focal levels) and a head; ``broken`` adds the modulator
+    to the query instead of multiplying by it."""
+    from transformers import FocalNetConfig
+    from transformers.models.focalnet.modeling_focalnet import FocalNetModulation
+
+    class Added(FocalNetModulation):
+        def forward(self, hidden_state):
+            x = self.projection_in(hidden_state).permute(0, 3, 1, 2)
+            q, ctx, _ = torch.split(x, (self.dim, self.dim, self.focal_level + 1), 1)
+            return self.projection_out((q + self.projection_context(ctx)).permute(0, 2, 3, 1))
+
+    class ChannelsLast(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+
+    torch.manual_seed(0)
+    config = FocalNetConfig(focal_levels=[2], focal_windows=[3])
+    modulation = (Added if broken else FocalNetModulation)(config, 0, dim=8)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), ChannelsLast(), modulation, nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+
+
+def test_focal_modulation_is_linear_in_the_data_pass_only_with_its_rule(monkeypatch):
+    from px_hf.modeling.passes import engine
+
+    model, x = _focal_net(), torch.randn(5, 3, 6, 6)
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes:
+        params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+        check_data_pass_linear(passes, model, x, params)  # the modulator is replayed as a gate
+    monkeypatch.setattr(engine, "RULES", tuple(r for r in engine.RULES if r.__name__ != "ModulatorRule"))
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes:
+        with pytest.raises(ModelError, match="FocalNetModulation"):
+            check_data_pass_linear(passes, model, x, params)
+
+
+def test_focal_modulation_layers_get_path_scores_and_survive_pruning():
+    model = _focal_net()
+    data = (torch.randn(12, 3, 6, 6), torch.arange(12) % 3)
+    pruner = PXPruner(model, PXConfig(sparsity=0.0, rounds=1, examples_per_class=None))
+    pruner.prune(data, progress=False)
+    # The context layers and the modulator's projection are on the paths through the product, not constants.
+    for name in ("2.focal_layers.0.0.weight", "2.focal_layers.1.0.weight", "2.projection_context.weight",
+                 "2.projection_in.weight"):
+        assert pruner.scores[name].gt(0).float().mean() > 0.9, name
+    pruner = PXPruner(model, PXConfig(sparsity=0.9, rounds=20, examples_per_class=None))
+    pruner.prune(data, progress=False)
+    assert pruner.summary().collapsed == []  # the second focal level's longer paths are not emptied
+
+
+def test_a_modulator_that_is_not_a_factor_is_refused_by_name():
+    data = (torch.randn(12, 3, 6, 6), torch.arange(12) % 3)
+    with pytest.raises(ModelError, match="projection_context"):  # where the replayed modulator enters
+        PXPruner(_focal_net(broken=True), PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(
+            data, progress=False)
+
+
 class _InlineAttention(nn.Module):
     """Softmax attention computed inline, its probabilities through ``self.dropout`` (as CvT, PVT, Donut-Swin)."""
 

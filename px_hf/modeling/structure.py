@@ -72,6 +72,13 @@ def gate_activation(module: nn.Module) -> Optional[nn.Module]:
     return gates[-1]
 
 
+def is_focal_modulation(module: nn.Module) -> bool:
+    """Whether ``module`` is a focal modulation: a chain of ``focal_layers`` whose contexts a ``projection_context``
+    layer turns into the modulator of a query (FocalNet)."""
+    return (isinstance(getattr(module, "projection_context", None), PRUNABLE_LAYER_TYPES)
+            and isinstance(getattr(module, "focal_layers", None), nn.ModuleList))
+
+
 def is_max_pool(module: nn.Module) -> bool:
     return isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d))
 

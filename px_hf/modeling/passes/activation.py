@@ -25,7 +25,7 @@ class ActivationRule(Rule):
     def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_activation(module)
 
-    def setup(self, module: nn.Module) -> list:
+    def setup(self, passes, module: nn.Module) -> list:
         # phi(z) / z is 0/0 at z == 0; its limit there is the slope at 0, measured once per module.
         probe = torch.tensor([1e-3, -1e-3])
         with torch.no_grad():

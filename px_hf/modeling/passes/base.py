@@ -27,9 +27,9 @@ class Rule:
         """Whether the rule claims ``module`` (``parent``: the module that holds it, ``None`` for the root)."""
         raise NotImplementedError
 
-    def setup(self, module: nn.Module) -> list[RemovableHandle]:
+    def setup(self, passes: "LinearizedPasses", module: nn.Module) -> list[RemovableHandle]:
         """Called once per claimed module when the passes are entered, after the engine's hooks are in place;
-        returns the hooks the rule installs itself (removed on leaving)."""
+        returns the hooks the rule installs itself (removed on leaving), which may read ``passes.mode``."""
         return []
 
     def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:

@@ -41,7 +41,7 @@ class WeightStandardizedConvRule(Rule):
     def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return standardizes_weight(module)
 
-    def setup(self, module: nn.Module) -> list:
+    def setup(self, passes, module: nn.Module) -> list:
         self._weight[module] = module.weight
         return []
 

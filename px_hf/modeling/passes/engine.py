@@ -73,7 +73,7 @@ class LinearizedPasses:
             handles.append(module.register_forward_pre_hook(self._save_input))
             handles.append(module.register_forward_hook(self._apply_rule))
         for module, rule in self.rules.items():
-            handles += rule.setup(module)
+            handles += rule.setup(self, module)
         self.residual.install(self)
         stack.callback(self.residual.remove)
         stack.callback(lambda: [handle.remove() for handle in handles])

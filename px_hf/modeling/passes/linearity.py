@@ -2,7 +2,7 @@
 
 With the real pass's gates in place, every module a rule covers is linear, and so is every module built only from
 them. A module that computes a non-linearity no rule knows (a softmax written inline, a squeeze-excitation product,
-a focal modulation) makes the data pass non-linear and PX's scores meaningless. Instead of producing such scores
+an additive attention) makes the data pass non-linear and PX's scores meaningless. Instead of producing such scores
 silently, PX checks additivity and homogeneity, ``z1(u + v) == z1(u) + z1(v)`` and ``z1(4 u) == 4 z1(u)`` under
 the same gates, on two examples before the first round, and names the first module whose output breaks it
 although its input did not. A model that calls ``scaled_dot_product_attention`` itself gets its attention caught

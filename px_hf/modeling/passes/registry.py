@@ -6,11 +6,11 @@ from .activation import ActivationRule
 from .attention import InlineAttentionRule
 from .base import Rule
 from .convolution import WeightStandardizedConvRule
-from .gate import GateRule
+from .gate import GateRule, ModulatorRule
 from .normalization import NormRule
 from .pooling import MaxPoolRule, PoolMinusInputRule
 
 # Each LinearizedPasses makes its own instances: rules keep per-module state (a normalization's statistics, an
 # activation's slope at zero) for one set of passes.
-RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule, PoolMinusInputRule, GateRule,
+RULES: tuple[type[Rule], ...] = (ActivationRule, NormRule, MaxPoolRule, PoolMinusInputRule, GateRule, ModulatorRule,
                                  InlineAttentionRule, WeightStandardizedConvRule)

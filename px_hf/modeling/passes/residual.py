@@ -61,7 +61,7 @@ def magnitude(tensor: torch.Tensor) -> float:
     return scale
 
 
-def _balanced(branch: torch.Tensor, target: float) -> torch.Tensor:
+def balanced(branch: torch.Tensor, target: float) -> torch.Tensor:
     """``branch`` times a detached factor that makes its mean magnitude ``target`` (unchanged when it is all zero:
     a branch without paths stays without paths)."""
     scale = magnitude(branch)
@@ -174,7 +174,7 @@ class ResidualScaling:
         if self.passes.mode != "path":
             return None
         tensor = first_tensor(out)
-        return with_first(out, _balanced(tensor, self._target(branch, block, tensor)))
+        return with_first(out, balanced(tensor, self._target(branch, block, tensor)))
 
     def _balance_closing(self, branch: nn.Module, block: nn.Module, args, kwargs, position: int, out):
         """A branch's last module that may add the stream itself, ``output(hidden_states, input_tensor)`` with
@@ -191,7 +191,7 @@ class ResidualScaling:
         if not self._adds_stream[branch]:
             return self._balance_branch(branch, block, out)
         added = tensor - stream
-        return with_first(out, stream + _balanced(added, self._target(branch, block, added)))
+        return with_first(out, stream + balanced(added, self._target(branch, block, added)))
 
     def _returns_input_plus(self, branch: nn.Module, args, kwargs, position: int, stream: torch.Tensor,
                             out: torch.Tensor) -> bool:
@@ -215,7 +215,7 @@ class ResidualScaling:
         if not self._has_identity_skip(module, skip):
             return None  # a plain stage: without a skip there is no branch to separate
         branch = tensor - skip
-        return with_first(out, skip + _balanced(branch, self._target(module, module, branch)))
+        return with_first(out, skip + balanced(branch, self._target(module, module, branch)))
 
     def _has_identity_skip(self, module: nn.Module, x: torch.Tensor) -> bool:
         """Whether ``module`` returns its input when all its parameters are zero (once per module): true of
