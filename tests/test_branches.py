@@ -290,3 +290,46 @@ def test_an_output_that_normalizes_after_adding_the_stream_is_balanced_as_a_whol
     with LinearizedPasses(model, branch_share=1.0) as passes, passes.run("path"), torch.no_grad():
         model(x[:1])
         assert passes.residual._adds_stream == {model[1].output: False}
+
+
+class _SequentialResidualBlock(nn.Module):
+    """A residual sub-block applied in sequence, then a branch added to the stream (SwiftFormer's encoder block:
+    ``x = local(x); x = x + mlp(x)``)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.local, self.mlp = _FlatBlock(width), _Branch(width)
+
+    def forward(self, x):
+        x = self.local(x)
+        return x + self.mlp(x)
+
+
+def test_a_residual_sub_block_applied_in_sequence_is_balanced_on_what_it_adds(caplog):
+    """Its share is that of its own branch (its output minus its input) against its input, not its whole output's
+    (about 1, which would leave its layers unbalanced); a branch's plain output is still taken whole."""
+    from px_hf.modeling.passes import residual
+
+    torch.manual_seed(0)
+    model = _net(_SequentialResidualBlock)
+    with torch.no_grad():
+        model[1].local.fc2.weight.mul_(1e-3)  # what the sub-block adds is a small part of its output
+    x = torch.randn(12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("DEBUG", logger=residual.__name__):
+        PXPruner(model.double(), PXConfig(sparsity=0.5, rounds=2, examples_per_class=None)).prune(
+            (x, torch.arange(12) % 3), progress=False)
+    shares = next(r for r in caplog.records if hasattr(r, "branch_shares")).branch_shares
+    assert sorted(shares) == ["1.local", "1.mlp"]
+    assert shares["1.local"] < 1e-2 and 1e-2 < shares["1.mlp"] < 1e2
+
+
+def test_an_identity_skip_is_judged_relative_to_the_input():
+    """A layer whose output is 0 with zero parameters has no identity skip, however small its input (the path pass's
+    tensors can be far below allclose's absolute tolerance)."""
+    from px_hf.modeling.passes import LinearizedPasses
+
+    model = _net(_SequentialResidualBlock)
+    tiny = torch.full((2, 8), 1e-12, dtype=torch.float64)
+    with LinearizedPasses(model, branch_share=1.0) as passes, passes.run("path"):
+        assert not passes.residual._has_identity_skip(model[1].mlp, tiny)
+        assert passes.residual._has_identity_skip(model[1].local, tiny)

@@ -228,6 +228,87 @@ def test_a_modulator_that_is_not_a_factor_is_refused_by_name():
             data, progress=False)
 
 
+class _Tokens(nn.Module):
+    """(batch, channels, height, width) -> (batch, tokens, channels), SwiftFormer's layout for its attention."""
+
+    def forward(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+
+def _linear_attention_net(kind: str, broken: bool = False) -> tuple[nn.Module, str]:
+    """A conv stem, one of transformers' linear-cost attentions (8 channels) and a head, with the name of the
+    attention module in it; ``broken`` makes the attention add where it multiplies."""
+    if kind == "separable":
+        from transformers import MobileViTV2Config
+        from transformers.models.mobilevitv2.modeling_mobilevitv2 import MobileViTV2LinearSelfAttention as Attention
+
+        class Added(Attention):
+            def forward(self, hidden_states):
+                query, key, value = torch.split(self.qkv_proj(hidden_states), [1, self.embed_dim, self.embed_dim], 1)
+                return self.out_proj(value + (key * torch.softmax(query, -1)).sum(-1, keepdim=True))
+
+        attention = (Added if broken else Attention)(MobileViTV2Config(), embed_dim=8)
+        layout = []  # the module takes (batch, channels, pixels, patches): a feature map as it is
+    else:
+        from transformers import SwiftFormerConfig
+        from transformers.models.swiftformer.modeling_swiftformer import (
+            SwiftFormerEfficientAdditiveAttention as Attention)
+
+        class Added(Attention):
+            def forward(self, x):
+                query = torch.nn.functional.normalize(self.to_query(x), dim=-1)
+                key = torch.nn.functional.normalize(self.to_key(x), dim=-1)
+                return self.final(self.proj(query.sum(1, keepdim=True) + key) + query)
+
+        attention = (Added if broken else Attention)(SwiftFormerConfig(), dim=8)
+        layout = [_Tokens()]
+    torch.manual_seed(0)
+    for module in attention.modules():  # transformers' initialization (std 0.02), not torch's
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=0.02)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), *layout, attention, nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    return net, str(len(layout) + 1)
+
+
+@pytest.mark.parametrize("kind", ["separable", "additive"])
+def test_linear_cost_attention_is_linear_in_the_data_pass_only_with_its_rule(kind, monkeypatch):
+    from px_hf.modeling.passes import engine
+
+    model, name = _linear_attention_net(kind)
+    x = torch.randn(5, 3, 6, 6)
+    params = pass_parameters(parameter_roles(model), dict(model.named_parameters()), "data")
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes:
+        check_data_pass_linear(passes, model, x, params)  # the context replayed as a gate
+    rule = "SeparableAttentionRule" if kind == "separable" else "AdditiveAttentionRule"
+    monkeypatch.setattr(engine, "RULES", tuple(r for r in engine.RULES if r.__name__ != rule))
+    with LinearizedPasses(model, norm="batch", branch_share=None) as passes:
+        with pytest.raises(ModelError, match=type(model[int(name)]).__name__):
+            check_data_pass_linear(passes, model, x, params)
+
+
+@pytest.mark.parametrize("kind", ["separable", "additive"])
+def test_linear_cost_attention_keeps_every_projection_on_paths(kind):
+    model, name = _linear_attention_net(kind)
+    data = (torch.randn(12, 3, 6, 6), torch.arange(12) % 3)
+    pruner = PXPruner(model, PXConfig(sparsity=0.0, rounds=1, examples_per_class=None, qk_scores="px"))
+    pruner.prune(data, progress=False)
+    if kind == "separable":  # one fused projection: the query row, the key rows and the value rows
+        fused = pruner.scores[f"{name}.qkv_proj.convolution.weight"].flatten(1)
+        parts = {"query": fused[:1], "key": fused[1:9], "value": fused[9:]}
+    else:
+        parts = {p: pruner.scores[f"{name}.{p}.weight"] for p in ("to_query", "to_key", "proj", "final")}
+    for part, scores in parts.items():
+        assert scores.gt(0).float().mean() > 0.9, part  # raw PX scores (qk_scores="px"): no fallback fills them
+
+
+@pytest.mark.parametrize("kind", ["separable", "additive"])
+def test_an_attention_that_does_not_compute_what_its_rule_assumes_is_refused_by_name(kind):
+    model, _ = _linear_attention_net(kind, broken=True)
+    with pytest.raises(ModelError, match="Added does not compute what px_hf's pass rule"):
+        PXPruner(model, PXConfig(sparsity=0.5, rounds=1, examples_per_class=None)).prune(
+            (torch.randn(12, 3, 6, 6), torch.arange(12) % 3), progress=False)
+
+
 class _InlineAttention(nn.Module):
     """Softmax attention computed inline, its probabilities through ``self.dropout`` (as CvT, PVT, Donut-Swin)."""
 

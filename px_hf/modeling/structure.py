@@ -79,6 +79,24 @@ def is_focal_modulation(module: nn.Module) -> bool:
             and isinstance(getattr(module, "focal_layers", None), nn.ModuleList))
 
 
+def is_separable_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is a separable self-attention (MobileViTV2): one fused projection to a one-channel query,
+    keys and values (``qkv_proj``, ``1 + 2 * embed_dim`` channels), and ``out_proj``."""
+    fused = getattr(module, "qkv_proj", None)
+    layer = getattr(fused, "convolution", fused)
+    return (isinstance(layer, PRUNABLE_LAYER_TYPES) and isinstance(getattr(module, "embed_dim", None), int)
+            and getattr(layer, "out_channels", None) == 1 + 2 * module.embed_dim
+            and isinstance(getattr(module, "out_proj", None), nn.Module))
+
+
+def is_additive_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is an efficient additive attention (SwiftFormer): ``to_query`` and ``to_key`` layers, a
+    learned query weighting ``w_g`` and the ``proj`` and ``final`` layers."""
+    return (all(isinstance(getattr(module, name, None), PRUNABLE_LAYER_TYPES)
+                for name in ("to_query", "to_key", "proj", "final"))
+            and isinstance(getattr(module, "w_g", None), nn.Parameter))
+
+
 def is_max_pool(module: nn.Module) -> bool:
     return isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d))
 

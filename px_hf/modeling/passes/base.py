@@ -47,4 +47,10 @@ def same_output(out, expected: torch.Tensor) -> bool:
     """Whether a module's output ``out`` is ``expected``, the output a rule assumed from its structure, up to float32
     rounding: one relative error over the whole tensor, since entries near zero of large sums round on their own."""
     return (isinstance(out, torch.Tensor) and out.shape == expected.shape
-            and float((out - expected).norm()) <= 1e-4 * float(expected.norm()))
+            and float((out - expected).detach().norm()) <= 1e-4 * float(expected.detach().norm()))
+
+
+def per_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` over its detached mean: a gate's path-pass form, homogeneous of degree one in what it multiplies
+    (a fully pruned gate is all zeros: it stays 0, not 0/0)."""
+    return tensor / tensor.detach().mean().clamp_min(torch.finfo(tensor.dtype).tiny)

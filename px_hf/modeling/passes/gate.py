@@ -16,7 +16,7 @@ from torch import nn
 
 from ...errors import ModelError
 from ..structure import gate_activation, is_focal_modulation
-from .base import Rule
+from .base import Rule, per_mean
 from .residual import balanced, magnitude
 
 if TYPE_CHECKING:
@@ -96,8 +96,8 @@ class ModulatorRule(Rule):
                 passes.keep(key, out.detach().abs())
             elif passes.mode == "data":
                 return passes.take(key)
-            elif passes.mode == "path":  # a fully pruned modulator is all zeros: keep it 0, not 0/0
-                return out / out.detach().mean().clamp_min(torch.finfo(out.dtype).tiny)
+            elif passes.mode == "path":
+                return per_mean(out)
             return None
 
         def unit_gain(_, args, out):
