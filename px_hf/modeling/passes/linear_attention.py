@@ -14,7 +14,8 @@ of giving wrong scores.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,17 +35,34 @@ class _RecomputedRule(Rule):
     real and synflow passes, where the rule records what the data pass needs."""
 
     computes = ""  # the forward the rule rebuilds, for the error when the module computes something else
+    projections: tuple[str, ...] = ()  # the submodules whose real-pass outputs the rule reads instead of recomputing
 
     def __init__(self) -> None:
         self._checked: set[nn.Module] = set()
+        self._real: dict[tuple[nn.Module, str], torch.Tensor] = {}
+
+    def setup(self, passes, module: nn.Module) -> list:
+        def remember(_, __, out, key=None):
+            if passes.mode == "real":
+                self._real[key] = out
+
+        return [getattr(module, name).register_forward_hook(partial(remember, key=(module, name)))
+                for name in self.projections]
 
     def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:
         return passes.mode in ("data", "path")
 
-    def _check(self, module: nn.Module, out, rebuilt: torch.Tensor) -> None:
+    def _projected(self, passes, module: nn.Module, name: str, z: torch.Tensor) -> torch.Tensor:
+        """The output of submodule ``name`` on ``z``: in the real pass the one the module's own forward computed."""
+        if passes.mode == "real":
+            return self._real.pop((module, name))
+        return getattr(module, name)(z)
+
+    def _check(self, module: nn.Module, out, rebuild: Callable[[], torch.Tensor]) -> None:
+        """Once per module: ``rebuild()``, the rule's own forward, must be what the module returned."""
         if module in self._checked:
             return
-        if not same_output(out, rebuilt):
+        if not same_output(out, rebuild()):
             raise ModelError(
                 f"{type(module).__name__} does not compute what px_hf's pass rule for it assumes ({self.computes}), "
                 "so PX cannot linearize it. The baselines (magnitude, snip, grasp, synflow, random) can prune this model"
@@ -64,17 +82,16 @@ class SeparableAttentionRule(_RecomputedRule):
     def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_separable_attention(module)
 
-    @staticmethod
-    def _split(module: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return torch.split(module.qkv_proj(z), [1, module.embed_dim, module.embed_dim], dim=1)
+    projections = ("qkv_proj",)
 
     def apply(self, passes, module, z, out):
         if passes.mode == "synflow":
             return None
-        query, key, value = self._split(module, z)
+        fused = self._projected(passes, module, "qkv_proj", z)
+        query, key, value = torch.split(fused, [1, module.embed_dim, module.embed_dim], dim=1)
         if passes.mode == "real":
             context = (key * torch.softmax(query, dim=-1)).sum(-1, keepdim=True)
-            self._check(module, out, module.out_proj(F.relu(value) * context))
+            self._check(module, out, lambda: module.out_proj(F.relu(value) * context))
             # The bound counts every path positively: the context's sign is not a path's.
             passes.keep(module, (value > 0).to(value.dtype) * context.abs())
             return None
@@ -94,6 +111,8 @@ class AdditiveAttentionRule(_RecomputedRule):
 
     computes = "final(proj(g * normalize(k)) + normalize(q))"
 
+    projections = ("to_query", "to_key")
+
     @staticmethod
     def matches(module: nn.Module, parent: Optional[nn.Module]) -> bool:
         return is_additive_attention(module)
@@ -106,13 +125,13 @@ class AdditiveAttentionRule(_RecomputedRule):
     def apply(self, passes, module, z, out):
         if passes.mode == "synflow":
             return None
-        query, key = module.to_query(z), module.to_key(z)
+        query, key = (self._projected(passes, module, name, z) for name in self.projections)
         if passes.mode == "real":
             scale_q, scale_k = self._inverse_norm(query).detach(), self._inverse_norm(key).detach()
             query, key = query * scale_q, key * scale_k
             weights = ((query @ module.w_g) * module.scale_factor).softmax(dim=-1)
             global_query = (weights * query).sum(1, keepdim=True)
-            self._check(module, out, module.final(module.proj(global_query * key) + query))
+            self._check(module, out, lambda: module.final(module.proj(global_query * key) + query))
             for record in (scale_q, scale_k, global_query.detach().abs()):
                 passes.keep(module, record)
             return None
