@@ -42,11 +42,11 @@ class _RecomputedRule(Rule):
         self._real: dict[tuple[nn.Module, str], torch.Tensor] = {}
 
     def setup(self, passes, module: nn.Module) -> list:
-        def remember(_, __, out, key=None):
+        def remember(key, _, __, out):
             if passes.mode == "real":
                 self._real[key] = out
 
-        return [getattr(module, name).register_forward_hook(partial(remember, key=(module, name)))
+        return [getattr(module, name).register_forward_hook(partial(remember, (module, name)))
                 for name in self.projections]
 
     def replaces_output(self, passes: "LinearizedPasses", module: nn.Module) -> bool:

@@ -82,6 +82,7 @@ class ResidualScaling:
         self.branched = residual_branches(model) if branch_share is not None else []
         self._flat: set[nn.Module] = set()  # blocks balanced as a whole (no branch module), filled by install
         self._identity_skip: dict[nn.Module, bool] = {}
+        self._balanced_modules: Optional[set[nn.Module]] = None  # blocks and branches balanced, once the path pass runs
         self._adds_stream: dict[nn.Module, bool] = {}
         self._stream: dict[nn.Module, float] = {}
         self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
@@ -123,6 +124,7 @@ class ResidualScaling:
         for block in blocks:
             self.candidates.remove(block)
             self.blocks.append(block)
+            self._balanced_modules = None
             if self.branch_share is not None:
                 residual = residual_block(block)
                 self.branched.append(residual)
@@ -194,9 +196,11 @@ class ResidualScaling:
         that holds blocks or branches balanced on their own (a stack of transformer layers: what it adds to its input
         is theirs)."""
         if branch not in self._identity_skip:
-            balanced_inside = {r.module for r in self.branched} | {b for r in self.branched for b in r.branches}
+            if self._balanced_modules is None:  # after admit(): every block and branch the hooks balance
+                self._balanced_modules = {r.module for r in self.branched} | {b for r in self.branched
+                                                                              for b in r.branches}
             if (not (isinstance(x, torch.Tensor) and x.shape == out.shape)
-                    or any(m in balanced_inside for m in list(branch.modules())[1:])):
+                    or any(m in self._balanced_modules for m in list(branch.modules())[1:])):
                 self._identity_skip[branch] = False
                 return False
             try:
