@@ -116,33 +116,49 @@ def test_initial_shares_leave_the_first_round_as_it_is(block_cls):
     assert any(not torch.allclose(balanced[n], plain[n]) for n in plain)  # a fixed share does change round 0
 
 
+def _quiet_net(block_cls, factor):
+    """Three residual blocks; the middle branch's last layer is initialized ``factor`` times smaller."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), block_cls(8), block_cls(8), block_cls(8), nn.ReLU(), nn.Linear(8, 3))
+    model = model.double()
+    quiet = model[2].branch.fc2 if block_cls is _BranchBlock else model[2].fc2
+    with torch.no_grad():
+        quiet.weight.mul_(factor)
+    return model
+
+
+# Path-pass shares of the quiet branch: about 1e-3 at a factor of 0.1 (quiet), 1e-9 at 1e-4 (silent).
+@pytest.mark.parametrize("factor", [0.1, 1e-4])
 @pytest.mark.parametrize("block_cls", [_BranchBlock, _FlatBlock])
-def test_floored_shares_keep_a_branch_that_starts_almost_silent(block_cls):
-    """``"initial"`` holds a branch initialized 1e-4 times smaller at its tiny share, so iterative pruning removes it
-    whole; ``"floored"`` raises it to the median share of the network's branches, so it survives. Its first round
-    still scores exactly as without balancing."""
+def test_floored_shares_keep_a_branch_that_starts_quiet_or_silent(block_cls, factor):
+    """``"initial"`` holds a branch initialized smaller at its small share, so iterative pruning removes it whole;
+    ``"floored"`` raises it to the median share of the network's branches, so it survives."""
     x = torch.randn(30, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(30) % 3
-
-    def net():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(16, 8), block_cls(8), block_cls(8), block_cls(8), nn.ReLU(), nn.Linear(8, 3))
-        model = model.double()
-        quiet = model[2].branch.fc2 if block_cls is _BranchBlock else model[2].fc2
-        with torch.no_grad():
-            quiet.weight.mul_(1e-4)
-        return model
-
     collapsed = {}
     for share in ("initial", "floored"):
-        pruner = PXPruner(net(), PXConfig(sparsity=0.9, rounds=20, examples_per_class=None, px_branch_share=share))
+        pruner = PXPruner(_quiet_net(block_cls, factor),
+                          PXConfig(sparsity=0.9, rounds=20, examples_per_class=None, px_branch_share=share))
         pruner.prune((x, y), progress=False)
         collapsed[share] = pruner.summary().collapsed
     assert len(collapsed["initial"]) == 2 and all(name.startswith("2.") for name in collapsed["initial"])
     assert collapsed["floored"] == []
-    first, plain = _scores(net(), x, y, "floored"), _scores(net(), x, y, None)
+
+
+@pytest.mark.parametrize("block_cls", [_BranchBlock, _FlatBlock])
+def test_the_first_round_of_floored_shares_is_rescored_only_for_a_silent_branch(block_cls):
+    """A quiet branch (share above ``SILENT_SHARE``) leaves the first round scored exactly as without balancing. A
+    silent one would score about zero there and lose whole weights before the floor applies, so that round is
+    scored again with the floored shares: its weights then score like the other branches'."""
+    x = torch.randn(30, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(30) % 3
+    quiet, plain = _scores(_quiet_net(block_cls, 0.1), x, y, "floored"), _scores(_quiet_net(block_cls, 0.1), x, y, None)
     for name in plain:
-        torch.testing.assert_close(first[name], plain[name], rtol=1e-12, atol=0)
+        torch.testing.assert_close(quiet[name], plain[name], rtol=1e-12, atol=0)
+    silent, plain = (_scores(_quiet_net(block_cls, 1e-4), x, y, share) for share in ("floored", None))
+    branch, other = (next(n for n in plain if n.startswith(f"{i}.") and "fc2" in n) for i in (2, 1))
+    ratio = {name: float(s[branch].sum() / s[other].sum()) for name, s in (("floored", silent), ("plain", plain))}
+    assert ratio["plain"] < 1e-6 and ratio["floored"] > 0.1
 
 
 def test_floored_shares_have_an_absolute_floor_when_every_branch_starts_almost_silent(monkeypatch):

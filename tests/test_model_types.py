@@ -35,9 +35,6 @@ NOT_LINEAR: dict[str, str] = {}
 COLLAPSES: dict[str, str] = {
     "hgnet_v2": "6 of 15 layers (the stem's convolution branch beside its max pool, and the aggregated layers of "
                 "the first two stages, which feed concatenations and are not balanced as residual branches)",
-    "mobilevitv2": "6 of 65 layers (two MobileNetV2 inverted residuals of the first stages, whose branches start at "
-                   "4e-6 to 3e-17 of their stream with weights of std 0.02 and are removed in the first round, before "
-                   "the share floor applies from the second)",
     "swiftformer": "8 of 43 layers (the local representations of stages 2 and 4 and the first MLP: with weights of "
                    "std 0.02 their first-round shares are 4e-10 to 8e-4 of the stream, against 0.09 to 18 for the "
                    "attention, and the floor of 1e-3 does not keep them)",

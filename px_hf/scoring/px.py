@@ -152,7 +152,7 @@ def path_gradient_scores(
         if not into_leaves:
             grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
             return {
-                n: torch.zeros_like(leaf) if g is None else g.mul_(leaf.detach())
+                n: torch.zeros_like(leaf) if g is None else _pruned_zeroed(g, leaf.detach()).mul_(leaf.detach())
                 for (n, leaf), g in zip(leaves.items(), grads)
             }
 
@@ -161,7 +161,7 @@ def path_gradient_scores(
         def to_score(leaf: torch.Tensor) -> None:
             # The leaf's own backward node has run: overwriting it cannot corrupt the remaining backward.
             with torch.no_grad():
-                leaf.mul_(leaf.grad)
+                leaf.mul_(_pruned_zeroed(leaf.grad, leaf))
             leaf.grad = None
             reached.add(id(leaf))
 
@@ -176,6 +176,13 @@ def path_gradient_scores(
             if id(leaf) not in reached:  # not on any path to the output: no gradient, score 0
                 leaf.zero_()
     return {n: leaf.detach() for n, leaf in leaves.items()}
+
+
+def _pruned_zeroed(grad: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """``grad``, set to 0 in place where ``leaf`` is 0 (a pruned weight, whose score is 0). A pruned weight's
+    gradient can overflow to infinity where a path pass divides by a magnitude its pruning made tiny (MobileViTV2's
+    query over its sum), and its score would be 0 * inf = NaN."""
+    return grad.masked_fill_(leaf == 0, 0.0)
 
 
 def _sorted(values: torch.Tensor) -> torch.Tensor:
@@ -236,19 +243,26 @@ def transfer_global_density(scores: Scores, ctx: ScoringContext, names: list[str
     return scores
 
 
-def px_scores(ctx: ScoringContext) -> Scores:
-    """PX saliencies of ``ctx.prunable`` on the current masked model (non-negative)."""
-    z1 = data_term(ctx)
+def _path_scores(ctx: ScoringContext, z1: torch.Tensor) -> Scores:
+    """``theta**2 * dR/d(theta**2)`` from the path pass weighted by ``z1``, written into the weight buffers."""
     squared = _weight_buffers(ctx)
     with torch.no_grad():
         for name, param in ctx.parameters().items():
             torch.mul(param, param, out=squared[name])
     leaves = {n: b.requires_grad_(True) for n, b in squared.items()}
     try:
-        scores = path_gradient_scores(ctx, "path", leaves, given=leaves, weights=z1, into_leaves=True)
+        return path_gradient_scores(ctx, "path", leaves, given=leaves, weights=z1, into_leaves=True)
     finally:
         for buffer in squared.values():
             buffer.requires_grad_(False)
+
+
+def px_scores(ctx: ScoringContext) -> Scores:
+    """PX saliencies of ``ctx.prunable`` on the current masked model (non-negative)."""
+    z1 = data_term(ctx)
+    scores = _path_scores(ctx, z1)
+    if ctx.passes.residual.rescore_once():
+        scores = _path_scores(ctx, z1)
     if "signs" not in ctx.cache:  # once, on the unpruned network: the structure is what can go wrong
         _check_signs(ctx, z1, scores)
         ctx.cache["signs"] = True

@@ -97,7 +97,10 @@ class SeparableAttentionRule(_RecomputedRule):
             return None
         if passes.mode == "data":
             return module.out_proj(value * passes.take(module).to(value.dtype))
-        weights = query / query.detach().sum(-1, keepdim=True).clamp_min(torch.finfo(query.dtype).tiny)
+        total = query.detach().sum(-1, keepdim=True)
+        # A pruned query (all zero) weighs the tokens uniformly, with no gradient: dividing by a clamped zero would
+        # send an infinite gradient into the pruned weights, whose scores would be 0 * inf.
+        weights = torch.where(total > 0, query / total.clamp_min(torch.finfo(query.dtype).tiny), 1.0 / query.shape[-1])
         context = (key * weights).sum(-1, keepdim=True)
         return module.out_proj(value * per_mean(context))
 

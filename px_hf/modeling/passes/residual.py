@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 # of them below a floor of 1e-3 (3e-4 is not enough). The pre-trained and benchmark networks measured have median
 # shares above it (the digits pre-trained ViT 1.6e-3), so they keep their own balance (docs/px_generalization.md).
 SHARE_FLOOR = 1e-3
+# A branch this far below the floor is silent: its weights score about zero in the first round, before any floor
+# applies, so that round is scored again with the floored shares. MobileViTV2 starts with shares of 4e-6 to 3e-17;
+# the smallest of the benchmark networks' is 6.8e-4 (the small ConvNeXt at initialization), which keeps its
+# first round as it was.
+SILENT_SHARE = 1e-5
 
 
 def first_tensor(out) -> torch.Tensor:
@@ -87,6 +92,9 @@ class ResidualScaling:
         self._stream: dict[nn.Module, float] = {}
         self._shares: dict[nn.Module, float] = {}  # branch (or flat block) -> its share, for "initial"/"floored"
         self._shares_fixed = False
+        # Set when the first path pass found a silent branch (share below SILENT_SHARE) that the floor raised: the
+        # scores of that pass starve the branch, so the first round is scored again (see rescore_once).
+        self._rescore = False
         self._names = {module: name for name, module in model.named_modules()}
         self._block_inputs: dict[nn.Module, torch.Tensor] = {}
         self._handles: list = []
@@ -152,10 +160,19 @@ class ResidualScaling:
             # keeps its own balance, while branches that start almost silent (a layer scale of 1e-6, a zero-init
             # residual) are not starved of path mass and removed whole. SHARE_FLOOR does the same when every
             # branch starts almost silent, and the median with it.
+            self._rescore = any(share < min(SILENT_SHARE, floor) for share in self._shares.values())
             self._shares = {branch: max(share, floor) for branch, share in self._shares.items()}
             self._shares_fixed = True
         self._stream.clear()
         self._block_inputs.clear()
+
+    def rescore_once(self) -> bool:
+        """True once, after the first path pass, if the floor raised a silent branch: the first round's
+        path pass should then run again with the floored shares. Otherwise every weight of such a branch scores
+        about zero in the first round (MobileViTV2's inverted residuals start at shares of 1e-17), and the first
+        pruning step removes the branch whole before the floor ever applies."""
+        rescore, self._rescore = self._rescore, False
+        return rescore
 
     # ------------------------------------------------------------------------------------------------ hooks
     def _balancing(self) -> bool:
