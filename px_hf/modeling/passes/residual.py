@@ -160,7 +160,7 @@ class ResidualScaling:
             # keeps its own balance, while branches that start almost silent (a layer scale of 1e-6, a zero-init
             # residual) are not starved of path mass and removed whole. SHARE_FLOOR does the same when every
             # branch starts almost silent, and the median with it.
-            self._rescore = any(share < min(SILENT_SHARE, floor) for share in self._shares.values())
+            self._rescore = self.branch_share == "floored" and min(self._shares.values()) < SILENT_SHARE
             self._shares = {branch: max(share, floor) for branch, share in self._shares.items()}
             self._shares_fixed = True
         self._stream.clear()
