@@ -62,7 +62,7 @@ TINY: dict[str, dict] = {
     "resnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
     "segformer": dict(_PYRAMID, decoder_hidden_size=32),
     "siglip": _TOWERS,
-    "swiftformer": dict(image_size=32, depths=[1, 1, 1, 1], embed_dims=[8, 16, 24, 32]),
+    "swiftformer": dict(image_size=32, depths=[2, 1, 2, 1], embed_dims=[8, 16, 24, 32]),
     "swin": _SWIN,
     "swinv2": _SWIN,
     "textnet": dict(image_size=[32, 32], hidden_sizes=[16, 16, 32, 32, 64], stem_out_channels=16,

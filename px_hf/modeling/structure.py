@@ -143,13 +143,14 @@ def _has_path_weights(module: nn.Module) -> bool:
     return any(isinstance(m, PRUNABLE_LAYER_TYPES) for m in module.modules())
 
 
-# Class names of the blocks transformers iterates in a ModuleList (MobileNetV2's are ...InvertedResidual).
-_BLOCK_SUFFIXES = ("Layer", "Block", "Residual")
+# Class names of the blocks transformers iterates in a ModuleList (MobileNetV2's are ...InvertedResidual,
+# SwiftFormer's convolutional blocks ...ConvEncoder).
+_BLOCK_SUFFIXES = ("Layer", "Block", "Residual", "Encoder")
 
 
 def _block_candidates(model: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
     """Composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like transformer,
-    ConvNeXt or MobileNetV2 blocks (``...Layer``, ``...Block``, ``...Residual``), which transformers iterates in
+    ConvNeXt, MobileNetV2 or SwiftFormer blocks (``...Layer``, ``...Block``, ``...Residual``, ``...Encoder``), which transformers iterates in
     sequence: name -> (module, whether its container is a ModuleList)."""
     found: dict[str, tuple[nn.Module, bool]] = {}
     for name, container in model.named_modules():
@@ -171,7 +172,7 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
 
     These are the outermost block candidates (composite children of ``nn.Sequential`` containers, and
-    ``nn.ModuleList`` children named like transformer, ConvNeXt or MobileNetV2 blocks): a Sequential inside a
+    ``nn.ModuleList`` children named like transformer, ConvNeXt, MobileNetV2 or SwiftFormer blocks): a Sequential inside a
     block is a residual branch, and scaling a branch alone is not a common factor. Blocks nested in these may carry
     the whole stream as well; :func:`nested_blocks` lists them for a test on data to decide.
     """
