@@ -128,6 +128,11 @@ def test_quality_run_keys_see_the_target_epochs_only_where_they_differ_from_the_
     assert longer["target_epochs"] == 10 and quality.run_key(longer) != quality.run_key(default)
     cross = quality.run_spec("cross", *args[1:])  # digits is small: the cross scenario fine-tunes longer
     assert cross["target_epochs"] == quality.CROSS_TARGET_EPOCHS > quality.SCHEDULE["epochs"]
+    # From scratch only the small ConvNeXt trains longer than the schedule (it is not converged at 5 epochs).
+    assert "target_epochs" not in quality.run_spec("scratch", *args[1:])
+    convnext = quality.run_spec("scratch", "convnext", *args[2:])
+    assert quality.trained_epochs(convnext) == quality.SCRATCH_TARGET_EPOCHS["convnext"] > quality.SCHEDULE["epochs"]
+    assert quality.trained_epochs(default) == quality.SCHEDULE["epochs"]
 
 
 def test_quality_grid_runs_checks_on_pretrained_networks_only_when_named():
