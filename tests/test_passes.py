@@ -96,7 +96,7 @@ def test_px_scores_finite_in_float32_at_imagenet_size(family):
 def test_swiftformer_blocks_are_rescaled_so_its_default_config_scores_in_float32(caplog):
     """SwiftFormer's convolutional blocks (``SwiftFormerConvEncoder`` in a ModuleList) are residual blocks: unless
     each is rescaled, the data pass of its default config (depths 3, 3, 6, 4) overflows float32 and PX falls back to
-    float64, 2.5 times slower."""
+    float64, about twice as slow."""
     model = image_classifier("swiftformer", 10, image_size=224)[0]
     assert sum(type(b).__name__ == "SwiftFormerConvEncoder" for b in residual_blocks(model)) == 12
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))

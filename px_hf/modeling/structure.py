@@ -149,9 +149,9 @@ _BLOCK_SUFFIXES = ("Layer", "Block", "Residual", "Encoder")
 
 
 def _block_candidates(model: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
-    """Composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children named like transformer,
-    ConvNeXt, MobileNetV2 or SwiftFormer blocks (``...Layer``, ``...Block``, ``...Residual``, ``...Encoder``), which transformers iterates in
-    sequence: name -> (module, whether its container is a ModuleList)."""
+    """Composite children of ``nn.Sequential`` containers, and ``nn.ModuleList`` children whose class name ends in
+    one of ``_BLOCK_SUFFIXES``, which transformers iterates in sequence: name -> (module, whether its container is a
+    ModuleList)."""
     found: dict[str, tuple[nn.Module, bool]] = {}
     for name, container in model.named_modules():
         if not isinstance(container, (nn.Sequential, nn.ModuleList)):
@@ -172,8 +172,8 @@ def residual_blocks(model: nn.Module) -> list[nn.Module]:
     """Modules whose output is the whole stream passed to the next one, so rescaling it is a common factor.
 
     These are the outermost block candidates (composite children of ``nn.Sequential`` containers, and
-    ``nn.ModuleList`` children named like transformer, ConvNeXt, MobileNetV2 or SwiftFormer blocks): a Sequential inside a
-    block is a residual branch, and scaling a branch alone is not a common factor. Blocks nested in these may carry
+    ``nn.ModuleList`` children named like blocks, see ``_BLOCK_SUFFIXES``): a Sequential inside a block is a
+    residual branch, and scaling a branch alone is not a common factor. Blocks nested in these may carry
     the whole stream as well; :func:`nested_blocks` lists them for a test on data to decide.
     """
     found = _block_candidates(model)
