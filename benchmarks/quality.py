@@ -353,6 +353,52 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
     return "\n\n".join(parts)
 
 
+GOAL_SPARSITIES = (0.98, 0.995)
+GOAL_SEEDS = 3
+BASELINES = [m for m in TRANSFER_METHODS if m not in ("dense", "px")]
+
+
+def goal_check(rows: list[dict]) -> str:
+    """The benchmark's goal, cell by cell: is the default PX best or within one std of the best baseline (the best's
+    spread, as in the tables), with no layer collapsed, at 98% and 99.5% in every scenario and family? A cell with
+    fewer than ``GOAL_SEEDS`` seeds of PX or of any baseline is ``incomplete``, whatever its figures say."""
+    lines = ["| scenario | family | sparsity | PX | best baseline | PX - best (points) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for scenario in SCENARIOS:
+        for family in ("resnet", "convnext", "vit"):
+            cell_rows = [r for r in rows if r["scenario"] == scenario and r["family"] == family]
+            if not cell_rows:
+                continue
+            for sparsity in GOAL_SPARSITIES:
+                runs = {m: [r for r in cell_rows if r["method"] == m and r["sparsity"] == sparsity]
+                        for m in ["px"] + BASELINES}
+                accuracy = {m: [r["accuracy"] for r in sel] for m, sel in runs.items()}
+                short = [f"{m} {len(v)}" for m, v in accuracy.items() if len(v) < GOAL_SEEDS]
+                stored = {m: v for m, v in accuracy.items() if v and m != "px"}
+                best = max(stored, key=lambda m: statistics.mean(stored[m]), default=None)
+                px, gap = accuracy["px"], ""
+                if px and best is not None:
+                    gap = f"{100 * (statistics.mean(px) - statistics.mean(stored[best])):+.2f}"
+                if short:
+                    verdict = "incomplete (seeds: " + ", ".join(short) + ")"
+                elif any(r["collapsed"] for r in runs["px"]):
+                    verdict = "PX collapses a layer"
+                elif statistics.mean(px) >= statistics.mean(stored[best]):
+                    verdict = "**PX best**"
+                elif _within_one_std(px, stored[best]):
+                    verdict = "**tied**"
+                else:
+                    verdict = "behind"
+                verdicts.append(verdict)
+                lines.append(f"| {scenario} | {family} | {sparsity:.1%} | {_cell(px, '.3f') if px else '-'} | "
+                             + (f"{best} {_cell(stored[best], '.3f')}" if best else "-") + f" | {gap} | {verdict} |")
+    met = sum(v.startswith("**") for v in verdicts)
+    lines += ["", f"Goal met in {met} of {len(verdicts)} cells ({sum(v == 'behind' for v in verdicts)} behind, "
+              f"{sum(v.startswith('incomplete') for v in verdicts)} incomplete)."]
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], family: str, sparsities: list[float], path: str) -> None:
     """Accuracy vs sparsity for ``family``, one panel per scenario."""
     import matplotlib.pyplot as plt
@@ -464,7 +510,7 @@ def main() -> None:
               "relative to the unpruned one at the start of training, mean ± std over seeds; bold: best sparse method "
               "(sanity checks and PX variants excluded), or within one std of it.\n\n")
     save_results(args.out, name, [{k: v for k, v in r.items() if k != "spec"} for r in rows],
-                 header + summarize(rows, args.sparsities))
+                 header + "### goal check\n\n" + goal_check(rows) + "\n\n" + summarize(rows, args.sparsities))
     if not args.quick and args.target_epochs is None:
         import matplotlib
 

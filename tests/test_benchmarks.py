@@ -118,6 +118,50 @@ def test_quality_tables_mark_the_best_and_ties_and_label_px_variants():
     assert quality.method_label(spec) == "px"
 
 
+def test_quality_goal_check_gives_each_cell_a_verdict_and_needs_three_seeds_of_every_method():
+    quality = _quality_module()
+    rows = []
+
+    def add(scenario, family, sparsity, method, accuracies, collapsed=0):
+        rows.extend({"scenario": scenario, "family": family, "method": method, "sparsity": sparsity, "seed": seed,
+                     "accuracy": accuracy, "collapsed": collapsed} for seed, accuracy in enumerate(accuracies))
+
+    for sparsity, px in [(0.98, [0.90, 0.91, 0.92]), (0.995, [0.80, 0.80, 0.80])]:
+        add("transfer", "vit", sparsity, "px", px)
+        for method in quality.BASELINES:
+            add("transfer", "vit", sparsity, method, [0.85, 0.86, 0.87])
+    # transfer ResNet: PX behind at 98%, tied at 99.5% (within the best's spread, not its own); a PX variant and a
+    # sanity check that beat everything are not the best baseline.
+    for sparsity, px, best in [(0.98, [0.70, 0.70, 0.70], [0.80, 0.80, 0.81]),
+                               (0.995, [0.79, 0.79, 0.79], [0.78, 0.80, 0.82])]:
+        add("transfer", "resnet", sparsity, "px", px)
+        for method in quality.BASELINES:
+            add("transfer", "resnet", sparsity, method, best if method == "grasp" else [0.5, 0.5, 0.5])
+        add("transfer", "resnet", sparsity, "px (px_branch_share=initial)", [0.99, 0.99, 0.99])
+        add("transfer", "resnet", sparsity, "px+shuffle", [0.99, 0.99, 0.99])
+    # From scratch: the best at 98%, but one seed collapses a layer; two seeds of SynFlow at 99.5%.
+    add("scratch", "vit", 0.98, "px", [0.9, 0.9], collapsed=0)
+    add("scratch", "vit", 0.98, "px", [0.9], collapsed=1)
+    for method in quality.BASELINES:
+        add("scratch", "vit", 0.98, method, [0.5, 0.5, 0.5])
+        add("scratch", "vit", 0.995, method, [0.5, 0.5] if method == "synflow" else [0.5, 0.5, 0.5])
+    add("scratch", "vit", 0.995, "px", [0.9, 0.9, 0.9])
+
+    table = quality.goal_check(rows)
+    verdicts = {tuple(line.split(" | ")[:3]): line.split(" | ")[-1].rstrip(" |") for line in table.splitlines()
+                if line.startswith("| ") and "%" in line}
+    assert verdicts == {
+        ("| scratch", "vit", "98.0%"): "PX collapses a layer",
+        ("| scratch", "vit", "99.5%"): "incomplete (seeds: synflow 2)",
+        ("| transfer", "resnet", "98.0%"): "behind",
+        ("| transfer", "resnet", "99.5%"): "**tied**",
+        ("| transfer", "vit", "98.0%"): "**PX best**",
+        ("| transfer", "vit", "99.5%"): "behind",
+    }
+    assert "| transfer | resnet | 98.0% | 0.700 ± 0.000 | grasp 0.803 ± 0.006 | -10.33 | behind |" in table
+    assert table.endswith("Goal met in 2 of 6 cells (2 behind, 1 incomplete).")
+
+
 def test_quality_run_keys_see_the_target_epochs_only_where_they_differ_from_the_schedule():
     quality = _quality_module()
     args = ("transfer", "resnet", "px", 0.98, 0, dict(quality.SCHEDULE), {})
