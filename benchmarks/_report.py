@@ -21,6 +21,20 @@ def save_results(out: str, name: str, rows: list | dict, table: str) -> None:
         handle.write(table + "\n")
 
 
+def replace_between(path: str, start: str, end: str, text: str) -> bool:
+    """Replace what lies between the marker lines ``start`` and ``end`` in the file ``path`` by ``text`` (the
+    generated parts of the README and docs); returns False, changing nothing, when a marker is missing."""
+    with open(path) as handle:
+        content = handle.read()
+    if start not in content or end not in content:
+        return False
+    head, _, rest = content.partition(start)
+    _, _, tail = rest.partition(end)
+    with open(path, "w") as handle:
+        handle.write(f"{head}{start}\n{text}\n{end}{tail}")
+    return True
+
+
 def write_json(path: str, data: Any, indent: int = 2) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a killed run leaves no half-written result."""
     with open(path + ".tmp", "w") as handle:

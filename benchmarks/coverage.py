@@ -18,6 +18,8 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ElementTree
 
+from _report import replace_between
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST = os.path.join("tests", "test_model_types.py")
 CHECKS = {"test_every_scorer_runs": "every scorer", "test_px_data_pass_is_linear": "PX data pass linear",
@@ -90,14 +92,7 @@ def main() -> None:
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "benchmarks", "results", "coverage.json"), "w") as handle:
         json.dump(results, handle, indent=1)
-    readme_path = os.path.join(ROOT, "README.md")
-    with open(readme_path) as handle:
-        readme = handle.read()
-    if START in readme and END in readme:
-        head, _, rest = readme.partition(START)
-        _, _, tail = rest.partition(END)
-        with open(readme_path, "w") as handle:
-            handle.write(f"{head}{START}\n{short}\n{END}{tail}")
+    replace_between(os.path.join(ROOT, "README.md"), START, END, short)
     print(page + "\n" + short)
 
 

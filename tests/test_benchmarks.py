@@ -162,6 +162,31 @@ def test_quality_goal_check_gives_each_cell_a_verdict_and_needs_three_seeds_of_e
     assert table.endswith("Goal met in 2 of 6 cells (2 behind, 1 incomplete).")
 
 
+def test_quality_goal_check_in_the_docs_and_readme_is_the_one_of_the_stored_runs():
+    """docs/quality.md and the README show the goal check that `python benchmarks/quality.py --report` makes from
+    the runs in benchmarks/results/quality: a run stored without re-running the report fails here."""
+    quality = _quality_module()
+    store = os.path.join(quality.ROOT, "benchmarks", "results", "quality")
+    rows = quality.stored_rows(store, list(quality.ARCH), dict(quality.SCHEDULE), None)
+    assert len(rows) > 100
+    goal = quality.goal_check(rows)
+    start, end = quality.GOAL_MARKERS
+    for document, expected in [("docs/quality.md", goal), ("README.md", goal.splitlines()[-1])]:
+        with open(os.path.join(quality.ROOT, document)) as handle:
+            content = handle.read()
+        assert content.split(start)[1].split(end)[0].strip() == expected, document
+
+
+def test_generated_parts_of_a_document_are_replaced_between_their_markers_only(tmp_path):
+    report = _benchmark_module("_report")
+    path = tmp_path / "doc.md"
+    path.write_text("intro\n<!-- a:start -->\nold\nlines\n<!-- a:end -->\nrest\n")
+    assert report.replace_between(str(path), "<!-- a:start -->", "<!-- a:end -->", "new")
+    assert path.read_text() == "intro\n<!-- a:start -->\nnew\n<!-- a:end -->\nrest\n"
+    assert not report.replace_between(str(path), "<!-- b:start -->", "<!-- b:end -->", "other")
+    assert path.read_text() == "intro\n<!-- a:start -->\nnew\n<!-- a:end -->\nrest\n"
+
+
 def test_quality_run_keys_see_the_target_epochs_only_where_they_differ_from_the_schedule():
     quality = _quality_module()
     args = ("transfer", "resnet", "px", 0.98, 0, dict(quality.SCHEDULE), {})
