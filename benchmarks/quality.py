@@ -412,7 +412,8 @@ def goal_check(rows: list[dict]) -> str:
                 lines.append(f"| {scenario} | {family} | {sparsity:.1%} | {_cell(px, '.3f') if px else '-'} | "
                              + (f"{best} {_cell(stored[best], '.3f')}" if best else "-") + f" | {gap} | {verdict} |")
     met = sum(v.startswith("**") for v in verdicts)
-    lines += ["", f"Goal met in {met} of {len(verdicts)} cells ({sum(v == 'behind' for v in verdicts)} behind, "
+    lines += ["", f"Goal met in {met} of {len(verdicts)} cells ({verdicts.count('behind')} behind, "
+              f"{verdicts.count('PX collapses a layer')} with a layer collapsed by PX, "
               f"{sum(v.startswith('incomplete') for v in verdicts)} incomplete)."]
     return "\n".join(lines)
 

@@ -159,7 +159,7 @@ def test_quality_goal_check_gives_each_cell_a_verdict_and_needs_three_seeds_of_e
         ("| transfer", "vit", "99.5%"): "behind",
     }
     assert "| transfer | resnet | 98.0% | 0.700 ± 0.000 | grasp 0.803 ± 0.006 | -10.33 | behind |" in table
-    assert table.endswith("Goal met in 2 of 6 cells (2 behind, 1 incomplete).")
+    assert table.endswith("Goal met in 2 of 6 cells (2 behind, 1 with a layer collapsed by PX, 1 incomplete).")
 
 
 def test_quality_goal_check_in_the_docs_and_readme_is_the_one_of_the_stored_runs():
