@@ -141,3 +141,28 @@ def test_attention_kernel_called_directly_is_scored_as_written_out_attention():
     for name in written:
         torch.testing.assert_close(kernel[name], written[name], rtol=1e-5, atol=1e-12)
     assert kernel["1.value.weight"].max() > 0
+
+
+def test_linear_layers_get_contiguous_inputs_in_the_linear_passes_only():
+    """ConvNeXt's data pass hands its pointwise linear layers a permuted (strided) tensor; without a bias, as in
+    the linear passes, torch runs that as a batched matmul against an expanded weight, much slower than the plain
+    matmul a contiguous copy allows. The copy changes no value."""
+    from px_hf.modeling.io import forward
+    from px_hf.modeling.passes import LinearizedPasses
+    from px_hf.zoo import small_model
+
+    model = small_model("convnext", image_size=16)
+    linear = model.convnext.encoder.stages[0].layers[0].pwconv1
+    given, received = [], []
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad(), LinearizedPasses(model) as passes:
+        # One hook before the passes' own (what the layer is given), one after them (what it computes on).
+        handles = [linear.register_forward_pre_hook(lambda m, args: given.append(args[0].is_contiguous()),
+                                                    prepend=True),
+                   linear.register_forward_pre_hook(lambda m, args: received.append(args[0].is_contiguous()))]
+        for mode, inputs in (("real", x), ("data", x * x)):
+            with passes.run(mode):
+                forward(model, inputs)
+        for handle in handles:
+            handle.remove()
+    assert given == [True, False] and received == [True, True]

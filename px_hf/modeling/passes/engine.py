@@ -74,6 +74,8 @@ class LinearizedPasses:
             handles.append(module.register_forward_hook(self._apply_rule))
         for module, rule in self.rules.items():
             handles += rule.setup(self, module)
+        handles += [m.register_forward_pre_hook(self._contiguous_input) for m in self.model.modules()
+                    if isinstance(m, nn.Linear)]
         self.residual.install(self)
         stack.callback(self.residual.remove)
         stack.callback(lambda: [handle.remove() for handle in handles])
@@ -159,6 +161,14 @@ class LinearizedPasses:
             # The saved pre-activation must survive an in-place activation.
             return (z.clone(), *args[1:])
         return None
+
+    def _contiguous_input(self, module: nn.Module, args):
+        # A linear layer without a bias (the linear passes drop biases) on a strided input, such as ConvNeXt's
+        # permuted channels-last activations, runs as a batched matmul against an expanded weight: 1.6-2x slower
+        # than the single matmul a contiguous copy allows.
+        if self.mode in ("off", "real") or self._replacing or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        return None if args[0].is_contiguous() else (args[0].contiguous(), *args[1:])
 
     def _apply_rule(self, module: nn.Module, args, out):
         if self.mode == "off" or module not in self._inputs:
