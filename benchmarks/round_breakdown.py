@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 
 from _report import code_version, save_results
 from speed import MODELS, _build
@@ -95,10 +96,9 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     rows = []
-    context = mp.get_context("spawn")
-    for name in args.models:
-        with context.Pool(1) as pool:
-            rows.append(pool.apply(breakdown, (name, args.threads)))
+    for name in args.models:  # a fresh process per model: nothing warm or allocated carries over
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            rows.append(pool.submit(breakdown, name, args.threads).result())
     columns = list(rows[0]["parts"])
     lines = [f"Where a PX round goes, in plain forward passes of the same batch (224 px, batch 8, CPU threads: "
              f"{args.threads}; px_hf tree {code_version()}; `python benchmarks/round_breakdown.py --threads "
