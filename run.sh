@@ -55,7 +55,7 @@ case "$command" in
             fi
         fi
         # Speed first, on an otherwise idle machine; each script prints its tables and saves them.
-        for script in startup speed speed_types quality data_dependence distributed linearization_evidence; do
+        for script in startup speed speed_types round_breakdown quality data_dependence distributed linearization_evidence; do
             start=$SECONDS
             "$VENV/bin/python" "benchmarks/$script.py"
             echo "[run.sh] benchmarks/$script.py took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2
