@@ -336,7 +336,7 @@ def summarize(rows: list[dict], sparsities: list[float]) -> str:
                  "| family | method | " + " | ".join(f"{s:.1%}: acc / collapsed / NTK ratio" for s in sparsities)
                  + " |", "|---|---|" + "---|" * len(sparsities)]
         correlations = []
-        for family in ("resnet", "convnext", "vit"):
+        for family in ARCH:
             fam = [r for r in chosen if r["family"] == family]
             if not fam:
                 continue
@@ -384,7 +384,7 @@ def goal_check(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     verdicts = []
     for scenario in SCENARIOS:
-        for family in ("resnet", "convnext", "vit"):
+        for family in ARCH:
             cell_rows = [r for r in rows if r["scenario"] == scenario and r["family"] == family]
             if not cell_rows:
                 continue

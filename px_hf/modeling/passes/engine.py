@@ -164,8 +164,8 @@ class LinearizedPasses:
 
     def _contiguous_input(self, module: nn.Module, args):
         # A linear layer without a bias (the linear passes drop biases) on a strided input, such as ConvNeXt's
-        # permuted channels-last activations, runs as a batched matmul against an expanded weight: 1.6-2x slower
-        # than the single matmul a contiguous copy allows.
+        # permuted channels-last activations, runs as a batched matmul against an expanded weight: on ConvNeXt-Tiny
+        # 68 ms a call against 45 ms for the single matmul a contiguous copy allows (one thread).
         if self.mode in ("off", "real") or self._replacing or not args or not isinstance(args[0], torch.Tensor):
             return None
         return None if args[0].is_contiguous() else (args[0].contiguous(), *args[1:])
